@@ -1,0 +1,221 @@
+"""SoundStorm: the MaskGIT objective over residual-VQ codes (and, with the sampler, generation).
+
+``SoundStorm(net)`` is a Flax module whose ``__call__`` is the training loss::
+
+    net = ConformerWrapper(codebook_size=1024, num_quantizers=12, conformer=dict(dim=512, depth=2))
+    model = SoundStorm(net, steps=18, schedule='cosine')
+    variables = model.init({'params': k1, 'masking': k2}, codes)
+    loss, metrics = model.apply(variables, codes, rngs={'masking': k3, 'dropout': k4})
+
+Only the heads of the level each example trains are evaluated, so the loss
+costs one head per example instead of one per level.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from soundstorm_jax import validation
+from soundstorm_jax.maskgit.masking import TrainingMask, draw_training_mask, masked_inputs
+from soundstorm_jax.maskgit.schedules import Schedule, get_schedule
+from soundstorm_jax.model.layers import default_kernel_init, partitioned
+from soundstorm_jax.model.wrapper import ConformerWrapper
+
+
+def _check_probability(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must lie in [0, 1], got {value!r}")
+
+
+class SoundStorm(nn.Module):
+    """MaskGIT training (and generation) for a :class:`ConformerWrapper`.
+
+    Attributes:
+      net: the network.
+      steps: decoding steps: an int (that many on level 0, one greedy pass on
+        every later level) or one entry per level, e.g. ``(16, 1, ..., 1)``.
+      schedule: ``'cosine'`` (paper), ``'linear'`` or a callable ``t -> ratio``.
+      no_replace_prob / random_token_prob: BERT-style corruption of the targets:
+        this fraction keeps its true token / shows a random token instead of
+        [MASK]; every target is in the loss. The paper uses neither (0, 0);
+        soundstorm-pytorch defaults to (0.15, 0.1).
+      label_smoothing: cross-entropy label smoothing.
+      self_cond / self_cond_train_prob: self-conditioning on the previous
+        pass's head outputs, trained on this fraction of examples.
+      self_token_critic / critic_loss_weight: a token critic sharing the
+        network, trained to tell sampled-wrong tokens among the targets.
+      cond_drop_prob: drop the conditioning of this fraction of examples
+        (enables classifier-free guidance at generation).
+    """
+
+    net: ConformerWrapper
+    steps: Any = 18
+    schedule: Schedule = "cosine"
+    no_replace_prob: float = 0.0
+    random_token_prob: float = 0.0
+    label_smoothing: float = 0.0
+    self_cond: bool = False
+    self_cond_train_prob: float = 0.75
+    self_token_critic: bool = False
+    critic_loss_weight: float = 1.0
+    cond_drop_prob: float = 0.0
+
+    def __post_init__(self):
+        get_schedule(self.schedule)
+        steps = self.steps
+        if isinstance(steps, (list, tuple)):
+            steps = tuple(int(s) for s in steps)
+            if len(steps) != self.net.num_quantizers:
+                raise ValueError(f"steps has {len(steps)} entries, expected one per level "
+                                 f"(num_quantizers={self.net.num_quantizers})")
+            if min(steps) < 1:
+                raise ValueError(f"steps must all be positive, got {steps}")
+        elif int(steps) < 1:
+            raise ValueError(f"steps must be a positive int or a tuple of per-level ints, got {steps!r}")
+        object.__setattr__(self, "steps", steps)
+        for name in ("no_replace_prob", "random_token_prob", "label_smoothing", "self_cond_train_prob",
+                     "cond_drop_prob"):
+            _check_probability(name, getattr(self, name))
+        if self.no_replace_prob + self.random_token_prob > 1.0:
+            raise ValueError("no_replace_prob + random_token_prob must not exceed 1, got "
+                             f"{self.no_replace_prob} + {self.random_token_prob}")
+        super().__post_init__()
+
+    @property
+    def level_steps(self) -> tuple[int, ...]:
+        """Decoding steps per level, ``(Q,)``."""
+        if isinstance(self.steps, tuple):
+            return self.steps
+        return (int(self.steps),) + (1,) * (self.net.num_quantizers - 1)
+
+    def setup(self):
+        d = self.net.dim
+        if self.self_cond:
+            self.null_embed = self.param("null_embed", partitioned(nn.initializers.normal(1.0), ("embed",)), (d,))
+            self.to_self_cond = nn.Dense(d, use_bias=False, dtype=self.net.dtype, param_dtype=self.net.param_dtype,
+                                         kernel_init=partitioned(default_kernel_init, ("embed", "mlp")))
+        if self.self_token_critic:
+            self.critic_head = nn.Dense(1, dtype=self.net.dtype, param_dtype=self.net.param_dtype,
+                                        kernel_init=partitioned(default_kernel_init, ("embed", None)),
+                                        bias_init=partitioned(nn.initializers.zeros_init(), (None,)))
+
+    def check_inputs(self, codes, mask=None, semantic_ids=None, cond=None) -> None:
+        """Raise ``ValueError`` for malformed training inputs (see :mod:`soundstorm_jax.validation`)."""
+        net = self.net
+        validation.check_codes(codes, codebook_size=net.codebook_size, num_columns=net.num_columns, mask=mask)
+        b, n, _ = codes.shape
+        if semantic_ids is not None:
+            validation.check_semantic_ids(semantic_ids, batch=b, num_semantic_token_ids=net.num_semantic_token_ids,
+                                          pad_id=net.semantic_pad_id)
+        if cond is not None:
+            validation.check_cond(cond, batch=b, frames=n, dim=net.dim)
+
+    def self_cond_embedding(self, source: jax.Array | None) -> jax.Array:
+        """Self-conditioning input: the projected head-output sum ``(b, n, d)``, or the learned null."""
+        if source is None:
+            return self.to_self_cond(self.null_embed)
+        return self.to_self_cond(source)
+
+    def __call__(self, codes, mask=None, *, semantic_ids=None, cond=None, deterministic: bool = False):
+        """Training loss for codes ``(b, n, c)``; ``mask (b, n)`` bool marks valid frames.
+
+        Returns ``(loss, metrics)``: the token-averaged cross-entropy on the
+        level-q targets (plus the weighted critic loss), and a dict with
+        ``generator_loss``, ``critic_loss``, ``accuracy``, ``num_targets`` and
+        per-level ``level_loss``, ``level_accuracy``, ``level_targets`` ``(Q,)``.
+        Needs the ``'masking'`` rng (and ``'dropout'`` when dropout is on).
+        """
+        self.check_inputs(codes, mask, semantic_ids, cond)
+        net = self.net
+        b, n, _ = codes.shape
+        q_levels, groups, k = net.num_quantizers, net.grouped_quantizers, net.codebook_size
+        codes = jnp.asarray(codes, jnp.int32)
+        mask = jnp.ones((b, n), bool) if mask is None else jnp.asarray(mask)
+
+        keys = jax.random.split(self.make_rng("masking"), 6)
+        draw = draw_training_mask(keys[0], mask, q_levels, groups, get_schedule(self.schedule))
+        columns = draw.level[:, None] + jnp.arange(groups)[None, :] * q_levels           # (b, g)
+        true_tokens = jnp.take_along_axis(codes, columns[:, None, :], axis=2)             # (b, n, g)
+        inputs = masked_inputs(codes, mask, draw, self._corrupt_targets(keys[1], true_tokens), net.mask_id,
+                               q_levels, groups)
+
+        drop_condition = None
+        if self.cond_drop_prob > 0 and (semantic_ids is not None or cond is not None):
+            drop_condition = jax.random.bernoulli(keys[2], self.cond_drop_prob, (b,))
+        condition = dict(semantic_ids=semantic_ids, cond=cond, drop_condition=drop_condition,
+                         deterministic=deterministic)
+
+        sum_embeds = None
+        if self.self_cond:
+            first = jax.lax.stop_gradient(net.self_cond_source(net.hidden(inputs, mask, **condition)))
+            use = jax.random.bernoulli(keys[3], self.self_cond_train_prob, (b,))[:, None, None]
+            sum_embeds = jnp.where(use, self.self_cond_embedding(first), self.self_cond_embedding(None))
+
+        hidden = net.hidden(inputs, mask, sum_embeds=sum_embeds, **condition)
+        logits = net.logits_from_embeddings(net.head_embeddings(hidden, columns), columns)  # (b, n, g, K)
+        loss, metrics = self._generator_loss(logits, true_tokens, draw)
+
+        critic_loss = jnp.zeros((), jnp.float32)
+        if self.self_token_critic:
+            critic_loss = self._critic_loss(keys[4], logits, true_tokens, codes, mask, draw, columns, condition)
+        metrics["critic_loss"] = critic_loss
+        return loss + self.critic_loss_weight * critic_loss, metrics
+
+    def _corrupt_targets(self, key, true_tokens):
+        """What the targets show: [MASK], or BERT-style kept / random tokens."""
+        mask_tokens = jnp.full_like(true_tokens, self.net.mask_id)
+        if self.no_replace_prob == 0 and self.random_token_prob == 0:
+            return mask_tokens
+        k_choice, k_random = jax.random.split(key)
+        u = jax.random.uniform(k_choice, true_tokens.shape)
+        random_tokens = jax.random.randint(k_random, true_tokens.shape, 0, self.net.codebook_size)
+        shown = jnp.where(u < self.no_replace_prob, true_tokens, mask_tokens)
+        return jnp.where((u >= self.no_replace_prob) & (u < self.no_replace_prob + self.random_token_prob),
+                         random_tokens, shown)
+
+    def _generator_loss(self, logits, true_tokens, draw: TrainingMask):
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        nll = -jnp.take_along_axis(log_probs, true_tokens[..., None], axis=-1)[..., 0]
+        if self.label_smoothing > 0:
+            nll = (1 - self.label_smoothing) * nll - self.label_smoothing * jnp.mean(log_probs, axis=-1)
+        weights = draw.targets.astype(jnp.float32)                                        # (b, n, g)
+        correct = (jnp.argmax(logits, axis=-1) == true_tokens).astype(jnp.float32)
+        per_example_nll = jnp.sum(nll * weights, axis=(1, 2))
+        per_example_correct = jnp.sum(correct * weights, axis=(1, 2))
+        per_example_count = jnp.sum(weights, axis=(1, 2))
+        total = jnp.sum(per_example_count)
+        loss = jnp.sum(per_example_nll) / total
+
+        by_level = jax.nn.one_hot(draw.level, self.net.num_quantizers, dtype=jnp.float32)  # (b, Q)
+        level_count = per_example_count @ by_level
+        safe = jnp.maximum(level_count, 1.0)
+        metrics = {
+            "generator_loss": loss,
+            "accuracy": jnp.sum(per_example_correct) / total,
+            "num_targets": total,
+            "level_loss": (per_example_nll @ by_level) / safe,
+            "level_accuracy": (per_example_correct @ by_level) / safe,
+            "level_targets": level_count,
+        }
+        return loss, metrics
+
+    def _critic_loss(self, key, logits, true_tokens, codes, mask, draw, columns, condition):
+        """BCE of the critic on the targets only: was the sampled token wrong?"""
+        net = self.net
+        k_temperature, k_noise = jax.random.split(key)
+        temperature = jax.random.uniform(k_temperature, (logits.shape[0], 1, 1, 1))
+        gumbel = jax.random.gumbel(k_noise, logits.shape)
+        sampled = jax.lax.stop_gradient(jnp.argmax(logits + temperature * gumbel, axis=-1))
+        critic_inputs = masked_inputs(codes, mask, draw, sampled, net.mask_id, net.num_quantizers,
+                                      net.grouped_quantizers)
+        hidden = net.hidden(critic_inputs, mask, **condition)
+        critic_logits = self.critic_head(net.head_embeddings(hidden, columns))[..., 0].astype(jnp.float32)
+        labels = (sampled != true_tokens).astype(jnp.float32)
+        bce = optax.sigmoid_binary_cross_entropy(critic_logits, labels)
+        weights = draw.targets.astype(jnp.float32)
+        return jnp.sum(bce * weights) / jnp.sum(weights)
+

@@ -1,0 +1,305 @@
+"""The rotary Conformer: FF/2 -> self-attention -> convolution -> FF/2 -> LayerNorm.
+
+Every sublayer is pre-norm with a residual connection (or hyper-connection
+streams, ``num_residual_streams > 1``, as the PyTorch reference's default).
+Layers are stacked with ``nn.scan`` so compile time does not grow with depth;
+``scan_layers=False`` unrolls the same loop (same parameters, straight-line
+code). Padded frames (``mask == False``) are never attended to and never mixed
+into the depthwise convolution, so outputs on valid frames do not depend on
+what the padding holds.
+
+Shapes: ``b`` batch, ``n`` frames, ``d`` model dim, ``h`` heads, ``k`` head dim,
+``s`` residual streams.
+"""
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from soundstorm_jax.model.hyper_connections import HyperConnection
+from soundstorm_jax.model.layers import (
+    ChannelLayerNorm,
+    Dtype,
+    apply_rotary,
+    constrain,
+    default_kernel_init,
+    dense,
+    layer_norm,
+    partitioned,
+    rotary_angles,
+    swish,
+)
+
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class FeedForward(nn.Module):
+    """Pre-norm ``Linear(d, m*d) -> Swish -> Linear(m*d, d)``, output halved (macaron style)."""
+
+    dim: int
+    mult: int = 4
+    dropout: float = 0.0
+    deterministic: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = layer_norm(**kw, name="norm")(x)
+        x = dense(self.dim * self.mult, ("embed", "mlp"), **kw, name="wi")(x)
+        x = constrain(swish(x), ("batch", "length", "mlp"))
+        x = nn.Dropout(self.dropout)(x, deterministic=self.deterministic)
+        x = dense(self.dim, ("mlp", "embed"), **kw, name="wo")(x)
+        x = nn.Dropout(self.dropout)(x, deterministic=self.deterministic)
+        return 0.5 * x
+
+
+class Attention(nn.Module):
+    """Pre-norm multi-head self-attention with rotary positions and a key-padding mask.
+
+    With ``value_residual`` the values are mixed with the first layer's values
+    through a learned per-head sigmoid gate (the reference's value-residual).
+    """
+
+    dim: int
+    heads: int = 8
+    dim_head: int = 64
+    dropout: float = 0.0
+    value_residual: bool = False
+    implementation: str = "xla"
+    deterministic: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask, angles, first_values=None, is_first=None):
+        """x ``(b, n, d)``, mask ``(b, n)`` bool, angles ``(n, k)``; first_values ``(b, n, h, k)``.
+
+        Returns the output ``(b, n, d)`` and this layer's values ``(b, n, h, k)``.
+        """
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        proj = functools.partial(nn.DenseGeneral, features=(self.heads, self.dim_head), use_bias=False,
+                                 kernel_init=partitioned(default_kernel_init, ("embed", "heads", "kv")), **kw)
+        x = layer_norm(**kw, name="norm")(x)
+        q, k, v = proj(name="query")(x), proj(name="key")(x), proj(name="value")(x)
+
+        if self.value_residual:
+            mix = dense(self.heads, ("embed", "heads"), use_bias=False, **kw, name="value_residual_mix")(x)
+            mix = jax.nn.sigmoid(mix.astype(jnp.float32))[..., None]
+            # Layer 0 mixes its values with themselves, which is exactly the identity.
+            reference = jnp.where(is_first, v, first_values)
+            v = (v + mix * (reference.astype(jnp.float32) - v)).astype(v.dtype)
+
+        q, k = apply_rotary(q, angles), apply_rotary(k, angles)
+        q = constrain(q, ("batch", "length", "heads", "kv"))
+        k = constrain(k, ("batch", "length", "heads", "kv"))
+        out = self._attend(q, k, v, mask)
+        out = nn.DenseGeneral(self.dim, axis=(-2, -1), **kw,
+                              kernel_init=partitioned(default_kernel_init, ("heads", "kv", "embed")),
+                              bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)), name="out")(out)
+        return out, v
+
+    def _attend(self, q, k, v, mask):
+        if self.dropout > 0.0 and not self.deterministic:
+            # jax.nn.dot_product_attention has no dropout: spell attention out.
+            logits = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) * self.dim_head ** -0.5
+            logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+            probs = nn.Dropout(self.dropout)(jax.nn.softmax(logits, axis=-1), deterministic=False)
+            return jnp.einsum("bhqs,bshk->bqhk", probs.astype(v.dtype), v)
+        if self.implementation == "cudnn":
+            # cuDNN takes padding as per-example lengths: frames must be right-padded.
+            lengths = jnp.sum(mask, axis=-1, dtype=jnp.int32)
+            return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :], implementation=self.implementation)
+
+
+class ConvModule(nn.Module):
+    """LayerNorm -> pointwise conv -> GLU -> depthwise conv -> Swish -> channel LayerNorm -> pointwise conv.
+
+    Padded frames are zeroed before and after the depthwise convolution so they
+    never leak into valid frames. "Same" padding is ``(k//2, k//2 - (k+1)%2)``,
+    causal padding ``(k-1, 0)``.
+    """
+
+    dim: int
+    expansion_factor: int = 2
+    kernel_size: int = 31
+    causal: bool = False
+    dropout: float = 0.0
+    deterministic: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        inner = self.dim * self.expansion_factor
+        x = layer_norm(**kw, name="norm")(x)
+        x = dense(2 * inner, ("embed", "mlp"), **kw, name="pointwise_in")(x)
+        out, gate = jnp.split(x, 2, axis=-1)
+        x = out * jax.nn.sigmoid(gate)
+
+        valid = mask[:, :, None]
+        x = jnp.where(valid, x, 0.0)
+        x = self._depthwise(x, inner)
+        x = jnp.where(valid, x, 0.0)
+
+        x = ChannelLayerNorm(**kw, name="channel_norm")(swish(x))
+        x = dense(self.dim, ("mlp", "embed"), **kw, name="pointwise_out")(x)
+        return nn.Dropout(self.dropout)(x, deterministic=self.deterministic)
+
+    def _depthwise(self, x: jax.Array, channels: int) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param("depthwise_kernel", partitioned(nn.initializers.lecun_normal(in_axis=0, out_axis=1),
+                                                            (None, "mlp")), (k, channels), self.param_dtype)
+        bias = self.param("depthwise_bias", partitioned(nn.initializers.zeros_init(), ("mlp",)), (channels,),
+                          self.param_dtype)
+        left, right = (k - 1, 0) if self.causal else (k // 2, k // 2 - (k + 1) % 2)
+        n = x.shape[1]
+        padded = jnp.pad(x, ((0, 0), (left, right), (0, 0)))
+        kernel = kernel.astype(x.dtype)
+        # A depthwise conv is k shifted multiply-adds: XLA fuses them into one
+        # pass, which is faster on CPU than a grouped convolution.
+        out = sum(padded[:, j:j + n, :] * kernel[j] for j in range(k))
+        return out + bias.astype(x.dtype)
+
+
+class ConformerBlock(nn.Module):
+    """One Conformer layer as a scan body: ``(carry, layer_index) -> (carry, None)``.
+
+    The carry is ``(streams (b, n, s, d), first_values (b, n, h, k) or None)``.
+    """
+
+    dim: int
+    heads: int = 8
+    dim_head: int = 64
+    ff_mult: int = 4
+    conv_expansion_factor: int = 2
+    conv_kernel_size: int = 31
+    conv_causal: bool = False
+    attn_dropout: float = 0.0
+    ff_dropout: float = 0.0
+    conv_dropout: float = 0.0
+    num_residual_streams: int = 1
+    value_residual: bool = False
+    attention_impl: str = "xla"
+    deterministic: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, carry, layer_index, mask, angles):
+        streams, first_values = carry
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, deterministic=self.deterministic)
+        ff1 = FeedForward(self.dim, self.ff_mult, self.ff_dropout, **kw, name="ff1")
+        attn = Attention(self.dim, self.heads, self.dim_head, self.attn_dropout, self.value_residual,
+                         self.attention_impl, **kw, name="attn")
+        conv = ConvModule(self.dim, self.conv_expansion_factor, self.conv_kernel_size, self.conv_causal,
+                          self.conv_dropout, **kw, name="conv")
+        ff2 = FeedForward(self.dim, self.ff_mult, self.ff_dropout, **kw, name="ff2")
+
+        is_first = layer_index == 0
+        values = {}
+
+        def attn_branch(h):
+            out, values["v"] = attn(h, mask, angles, first_values, is_first)
+            return out
+
+        branches = [("ff1", ff1), ("attn", attn_branch), ("conv", lambda h: conv(h, mask)), ("ff2", ff2)]
+        for name, branch in branches:
+            if self.num_residual_streams > 1:
+                hc = HyperConnection(self.num_residual_streams, self.dim, self.param_dtype, name=f"{name}_streams")
+                branch_input, write = hc.read(streams)
+                streams = write(branch(branch_input))
+            else:
+                streams = streams + branch(streams[:, :, 0, :])[:, :, None, :]
+
+        streams = layer_norm(dtype=self.dtype, param_dtype=self.param_dtype, name="post_norm")(streams)
+        streams = constrain(streams, ("batch", "length", None, "embed"))
+        if self.value_residual:
+            first_values = jnp.where(is_first, values["v"], first_values)
+        return (streams, first_values), None
+
+
+class Conformer(nn.Module):
+    """A stack of ``depth`` rotary Conformer blocks over ``(b, n, d)`` frames.
+
+    Defaults follow soundstorm-pytorch except ``num_residual_streams=1`` and
+    ``value_residual=False`` (the paper's plain residuals); set them to 4 and
+    True to import the reference's default checkpoints.
+    """
+
+    dim: int
+    depth: int
+    heads: int = 8
+    dim_head: int = 64
+    ff_mult: int = 4
+    conv_expansion_factor: int = 2
+    conv_kernel_size: int = 31
+    conv_causal: bool = False
+    attn_dropout: float = 0.0
+    ff_dropout: float = 0.0
+    conv_dropout: float = 0.0
+    num_residual_streams: int = 1
+    value_residual: bool = False
+    attention_impl: str = "xla"
+    rotary_theta: float = 10000.0
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention_impl!r}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy must be one of {tuple(REMAT_POLICIES)}, got {self.remat_policy!r}")
+        for name in ("dim", "depth", "heads", "dim_head", "ff_mult", "conv_expansion_factor", "conv_kernel_size",
+                     "num_residual_streams"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"Conformer {name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.dim_head % 2:
+            raise ValueError(f"Conformer dim_head must be even for rotary embeddings, got {self.dim_head}")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None, deterministic: bool = True) -> jax.Array:
+        """x ``(b, n, d)``, mask ``(b, n)`` bool (True = valid frame) -> ``(b, n, d)``."""
+        b, n, _ = x.shape
+        if mask is None:
+            mask = jnp.ones((b, n), dtype=bool)
+        x = constrain(x.astype(self.dtype), ("batch", "length", "embed"))
+        angles = rotary_angles(n, self.dim_head, self.rotary_theta)
+
+        block = ConformerBlock
+        if self.remat_policy != "none":
+            block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_layers)
+        stack = nn.scan(
+            block,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(0, nn.broadcast, nn.broadcast),
+            length=self.depth,
+            unroll=1 if self.scan_layers else self.depth,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        layers = stack(
+            self.dim, self.heads, self.dim_head, self.ff_mult, self.conv_expansion_factor, self.conv_kernel_size,
+            self.conv_causal, self.attn_dropout, self.ff_dropout, self.conv_dropout, self.num_residual_streams,
+            self.value_residual, self.attention_impl, deterministic, self.dtype, self.param_dtype, name="layers",
+        )
+
+        streams = jnp.repeat(x[:, :, None, :], self.num_residual_streams, axis=2)
+        first_values = (jnp.zeros((b, n, self.heads, self.dim_head), self.dtype) if self.value_residual else None)
+        (streams, _), _ = layers((streams, first_values), jnp.arange(self.depth), mask, angles)
+        return jnp.sum(streams, axis=2)
