@@ -1,0 +1,99 @@
+"""Reading audio files into validated int16 waveforms.
+
+Everything the datasets store goes through `load_audio`: decode with
+`soundfile` (WAV, FLAC, OGG/Vorbis, ...), mix down to mono, check the samples
+are finite, resample to the dataset's rate when asked, and quantise to int16.
+Every failure raises `AudioError` naming the file, so a bad file in a folder
+of thousands is found at once.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import numpy as np
+import soundfile
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif")
+INT16_SCALE = 32767.0
+
+
+class AudioError(ValueError):
+  """A file that cannot become a training waveform; the message names it."""
+
+
+def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+  """Band-limited polyphase resampling (Kaiser-windowed sinc, scipy).
+
+  Args:
+    audio: float waveform, shape (samples,).
+    source_rate, target_rate: sample rates in Hz.
+
+  Returns:
+    float32 waveform, shape (ceil(samples * target_rate / source_rate),).
+  """
+  if source_rate == target_rate:
+    return np.asarray(audio, np.float32)
+  if source_rate <= 0 or target_rate <= 0:
+    raise ValueError(f"sample rates must be positive, got {source_rate} -> {target_rate}")
+  from scipy import signal  # Imported here: only resampling needs scipy.
+
+  g = math.gcd(int(source_rate), int(target_rate))
+  up, down = int(target_rate) // g, int(source_rate) // g
+  out = signal.resample_poly(np.asarray(audio, np.float64), up, down)
+  return out.astype(np.float32)
+
+
+def float_to_int16(audio: np.ndarray) -> np.ndarray:
+  """Quantises a float waveform in [-1, 1] to int16; values beyond are clipped."""
+  return np.round(np.clip(audio, -1.0, 1.0) * INT16_SCALE).astype(np.int16)
+
+
+def int16_to_float(audio: np.ndarray) -> np.ndarray:
+  """Inverse of `float_to_int16` (up to rounding): int16 -> float32 in [-1, 1]."""
+  return np.asarray(audio, np.float32) / INT16_SCALE
+
+
+def load_audio(
+    path: str | os.PathLike,
+    target_sample_rate: Optional[int] = None,
+    *,
+    allow_resample: bool = True,
+) -> tuple[np.ndarray, int]:
+  """Reads one audio file as a mono int16 waveform.
+
+  Args:
+    path: an audio file soundfile can decode.
+    target_sample_rate: the rate the caller needs; None keeps the file's own.
+    allow_resample: when the file's rate differs from `target_sample_rate`,
+      resample (True) or raise `AudioError` (False).
+
+  Returns:
+    (audio, sample_rate): int16 array of shape (samples,), and its rate in Hz.
+
+  Raises:
+    AudioError: the file cannot be decoded, is empty, holds NaN/Inf samples,
+      or has the wrong sample rate and resampling is not allowed.
+  """
+  path = os.fspath(path)
+  try:
+    data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+  except Exception as e:  # soundfile raises several types; all mean "unreadable".
+    raise AudioError(f"cannot read audio file {path!r}: {e}") from e
+  if data.shape[0] == 0:
+    raise AudioError(f"audio file {path!r} has no samples")
+  # Mono: the mean over channels keeps the level of a centred source.
+  audio = data.mean(axis=1)
+  if not np.all(np.isfinite(audio)):
+    bad = int(np.sum(~np.isfinite(audio)))
+    raise AudioError(f"audio file {path!r} has {bad} NaN/Inf samples")
+  if target_sample_rate is not None and rate != target_sample_rate:
+    if not allow_resample:
+      raise AudioError(
+          f"audio file {path!r} has sample rate {rate} Hz but the dataset "
+          f"needs {target_sample_rate} Hz; pass allow_resample=True to "
+          "resample it, or convert the file")
+    audio = resample(audio, rate, target_sample_rate)
+    rate = target_sample_rate
+  return float_to_int16(audio), int(rate)
