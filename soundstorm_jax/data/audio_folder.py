@@ -29,7 +29,8 @@ Record (one per audio file):
   sample_rate:  int32 scalar, the same for every record
   id:           bytes, the file's path relative to the root, without extension
   text:         bytes, b"" when there is no transcript
-  speaker:      bytes, from the JSON sidecar, else the first folder of the id
+  speaker:      bytes, from the JSON sidecar, else the id's first folder
+                (below train/ or validation/), else b""
   semantic_ids: int32 (tokens,), empty when there are none
 """
 from __future__ import annotations
@@ -84,7 +85,10 @@ def _describe(path: str, root: str, transcripts: Mapping[str, str]) -> AudioFile
       with open(stem + suffix, encoding="utf-8") as f:
         text = f.read().strip()
       break
-  speaker = file_id.split("/")[0] if "/" in file_id else ""
+  # The speaker is the first folder below the split folder, if any (LibriSpeech).
+  parts = file_id.split("/")
+  parts = parts[1:] if parts[0] in (TRAIN, VALIDATION) else parts
+  speaker = parts[0] if len(parts) > 1 else ""
   if os.path.exists(stem + ".json"):
     with open(stem + ".json", encoding="utf-8") as f:
       meta = json.load(f)

@@ -200,9 +200,9 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
       splits = audio_folder.split_files(self._npy_files, self._npy_dir,
                                         validation_fraction=self._validation_fraction,
                                         seed=self._split_seed)
-      return {name: self._generate_from_npy(files) for name, files in splits.items() if files}
+      return {name: self._generate_examples(files) for name, files in splits.items() if files}
     if self._audio_source is not None:
-      return {name: self._generate_from_audio(name) for name in self._audio_source.info.splits}
+      return {name: self._generate_examples(name) for name in self._audio_source.info.splits}
     raise ValueError("CodesDataset needs npy_dir=... or audio_source=... to prepare a dataset")
 
   def _example(self, codes: np.ndarray, semantic: np.ndarray, file_id: str,
@@ -210,6 +210,12 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
     return {"codes": codes.astype(codes_dtype(self._codebook_size)),
             "semantic_ids": semantic.astype(np.int32), "id": file_id,
             "text": text, "speaker": speaker}
+
+  def _generate_examples(self, source) -> Iterator[tuple[str, dict]]:
+    """`source`: a list of `CodesFile`s, or the name of an audio split to encode."""
+    if isinstance(source, str):
+      return self._generate_from_audio(source)
+    return self._generate_from_npy(source)
 
   def _generate_from_npy(self, files: list[CodesFile]) -> Iterator[tuple[str, dict]]:
     for f in files:
