@@ -198,7 +198,12 @@ def build_corpus_folder(size: Union[str, CorpusSize] = "tiny", seed: int = 0, *,
     with open(os.path.join(root, _DONE), "w") as f:
       json.dump({"utterances": len(script), "seconds": round(seconds, 3)}, f)
     shutil.rmtree(audio_root, ignore_errors=True)
-    os.replace(root, audio_root)
+    try:
+      os.replace(root, audio_root)
+    except OSError:
+      # Another process finished the same build first: its bytes equal ours.
+      if not os.path.exists(os.path.join(audio_root, _DONE)):
+        raise
   finally:
     shutil.rmtree(work, ignore_errors=True)
   return audio_root

@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from typing import Iterator, Optional, Sequence
 
@@ -179,15 +180,18 @@ def synthesize_batch(jobs: Sequence[Job]) -> Iterator[int]:
   Each job's `.npz` holds `audio` (int16), `phoneme_starts` (int64) and
   `phonemes` (str). A fresh process makes the bytes a function of `jobs`.
   """
-  proc = subprocess.Popen([sys.executable, os.path.abspath(__file__)],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  proc.stdin.write(json.dumps([dataclasses.asdict(j) for j in jobs]))
-  proc.stdin.close()
-  for line in proc.stdout:
-    yield int(line)
-  if proc.wait() != 0:
-    raise RuntimeError(f"eSpeak worker failed (exit {proc.returncode}):\n{proc.stderr.read()}")
+  # -P: do not put this package folder on the worker's sys.path (no shadowing).
+  with tempfile.TemporaryFile("w+") as errors:
+    proc = subprocess.Popen([sys.executable, "-P", os.path.abspath(__file__)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+                            text=True)
+    proc.stdin.write(json.dumps([dataclasses.asdict(j) for j in jobs]))
+    proc.stdin.close()
+    for line in proc.stdout:
+      yield int(line)
+    if proc.wait() != 0:
+      errors.seek(0)
+      raise RuntimeError(f"eSpeak worker failed (exit {proc.returncode}):\n{errors.read()}")
 
 
 def _worker_main() -> None:

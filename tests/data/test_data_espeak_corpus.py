@@ -172,3 +172,9 @@ def test_corpus_feeds_the_pipeline_with_aligned_phonemes(tiny):
               if np.allclose(wave[s:s + 16000], audio, atol=1e-6)]
     assert mask.all() and sem_mask.all() and starts
     np.testing.assert_array_equal(sem, record["semantic_ids"][starts[0] // 320:][:50])
+
+
+def test_worker_failures_are_reported(tmp_path):
+  job = espeak_ffi.Job("Hello there.", "zz-nowhere", 170, 50, 1, str(tmp_path / "a.npz"))
+  with pytest.raises(RuntimeError, match="(?s)eSpeak worker failed.*no voice named 'zz-nowhere'"):
+    list(espeak_ffi.synthesize_batch([job]))
