@@ -221,8 +221,9 @@ class AudioFolder(tfds.core.GeneratorBasedBuilder):
       raise ValueError("AudioFolder needs audio_dir=... to prepare a dataset")
     files = find_audio_files(self._audio_dir)
     if self._sample_rate is None:
-      # The first readable file fixes the rate; any other rate is refused.
-      self._sample_rate = int(audio_io.soundfile.info(files[0].path).samplerate)
+      # The first file fixes the rate (an unreadable one raises, naming it);
+      # any other rate is refused.
+      self._sample_rate = audio_io.load_audio(files[0].path)[1]
       self._allow_resample = False
     self.info.metadata["sample_rate"] = self._sample_rate
     splits = split_files(files, self._audio_dir,

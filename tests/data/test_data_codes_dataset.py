@@ -55,6 +55,14 @@ def test_bad_codes_name_the_file(tmp_path, bad, message):
   assert "zz_bad.npy" in str(error.value)
 
 
+def test_unreadable_codes_file_is_named(tmp_path):
+  _write_codes(tmp_path / "npy", count=2)
+  (tmp_path / "npy" / "zz_garbage.npy").write_bytes(b"not numpy at all")
+  with pytest.raises(codes_dataset.CodesError, match="cannot read codes file.*zz_garbage.npy"):
+    codes_dataset.prepare_codes_dataset(str(tmp_path / "tfds"), npy_dir=str(tmp_path / "npy"),
+                                        codebook_size=K, validation_fraction=0.0)
+
+
 def test_missing_codes_folder(tmp_path):
   with pytest.raises(FileNotFoundError, match="nowhere"):
     codes_dataset.CodesDataset(npy_dir=str(tmp_path / "nowhere"), data_dir=str(tmp_path))
