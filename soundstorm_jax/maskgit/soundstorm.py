@@ -138,6 +138,7 @@ class SoundStorm(nn.Module):
 
         keys = jax.random.split(self.make_rng("masking"), 6)
         draw = draw_training_mask(keys[0], mask, q_levels, groups, get_schedule(self.schedule))
+        self.sow("intermediates", "draw", draw)  # for tests and debugging; free unless asked for
         columns = draw.level[:, None] + jnp.arange(groups)[None, :] * q_levels           # (b, g)
         true_tokens = jnp.take_along_axis(codes, columns[:, None, :], axis=2)             # (b, n, g)
         inputs = masked_inputs(codes, mask, draw, self._corrupt_targets(keys[1], true_tokens), net.mask_id,
@@ -217,5 +218,6 @@ class SoundStorm(nn.Module):
         labels = (sampled != true_tokens).astype(jnp.float32)
         bce = optax.sigmoid_binary_cross_entropy(critic_logits, labels)
         weights = draw.targets.astype(jnp.float32)
+        self.sow("intermediates", "critic_weights", weights)
         return jnp.sum(bce * weights) / jnp.sum(weights)
 

@@ -164,14 +164,19 @@ class ConvModule(nn.Module):
                                                             (None, "mlp")), (k, channels), self.param_dtype)
         bias = self.param("depthwise_bias", partitioned(nn.initializers.zeros_init(), ("mlp",)), (channels,),
                           self.param_dtype)
-        left, right = (k - 1, 0) if self.causal else (k // 2, k // 2 - (k + 1) % 2)
-        n = x.shape[1]
-        padded = jnp.pad(x, ((0, 0), (left, right), (0, 0)))
-        kernel = kernel.astype(x.dtype)
-        # A depthwise conv is k shifted multiply-adds: XLA fuses them into one
-        # pass, which is faster on CPU than a grouped convolution.
-        out = sum(padded[:, j:j + n, :] * kernel[j] for j in range(k))
-        return out + bias.astype(x.dtype)
+        padding = (k - 1, 0) if self.causal else (k // 2, k // 2 - (k + 1) % 2)
+        return depthwise_conv1d(x, kernel.astype(x.dtype), bias.astype(x.dtype), padding)
+
+
+def depthwise_conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: tuple[int, int]) -> jax.Array:
+    """Depthwise 1-d cross-correlation: x ``(b, n, c)``, kernel ``(k, c)``, bias ``(c,)`` -> ``(b, n, c)``.
+
+    Written as k shifted multiply-adds, which XLA fuses into one pass: faster
+    on CPU than a grouped convolution, and the same everywhere else.
+    """
+    n, k = x.shape[1], kernel.shape[0]
+    padded = jnp.pad(x, ((0, 0), padding, (0, 0)))
+    return sum(padded[:, j:j + n, :] * kernel[j] for j in range(k)) + bias
 
 
 class ConformerBlock(nn.Module):
