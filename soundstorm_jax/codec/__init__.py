@@ -1,0 +1,26 @@
+"""SoundStream codec in Flax Linen: EMA residual VQ, SEANet encoder/decoder, discriminators, training step.
+
+Codes are ``(b, frames, groups * levels)`` int32, group-major (column ``g * Q + q``).
+"""
+from soundstorm_jax.codec.checks import check_audio, check_codes, check_length, check_sample_rate
+from soundstorm_jax.codec.discriminators import (CodecDiscriminator, MultiResolutionSTFTDiscriminator,
+                                                 MultiScaleDiscriminator, STFTDiscriminator, WaveDiscriminator)
+from soundstorm_jax.codec.local_attention import LocalTransformer, local_attention
+from soundstorm_jax.codec.losses import (feature_matching_loss, hinge_discriminator_loss, hinge_generator_loss,
+                                         multiscale_mel_loss)
+from soundstorm_jax.codec.residual_vq import GroupedResidualVQ, QuantizerOutput, ResidualVQ, draw_num_levels
+from soundstorm_jax.codec.soundstream import SoundStream, SoundStreamCodec, SoundStreamOutput
+from soundstorm_jax.codec.spectral import mel_filterbank, mel_spectrogram, stft
+from soundstorm_jax.codec.train_step import (CodecTrainConfig, CodecTrainState, codec_eval_step, codec_from_state,
+                                             codec_train_step, init_codec_train_state, make_optimizer)
+from soundstorm_jax.codec.vector_quantizer import VectorQuantizer, kmeans
+
+__all__ = [
+    "CodecDiscriminator", "CodecTrainConfig", "CodecTrainState", "GroupedResidualVQ", "LocalTransformer",
+    "MultiResolutionSTFTDiscriminator", "MultiScaleDiscriminator", "QuantizerOutput", "ResidualVQ",
+    "STFTDiscriminator", "SoundStream", "SoundStreamCodec", "SoundStreamOutput", "VectorQuantizer",
+    "WaveDiscriminator", "check_audio", "check_codes", "check_length", "check_sample_rate", "codec_eval_step",
+    "codec_from_state", "codec_train_step", "draw_num_levels", "feature_matching_loss", "hinge_discriminator_loss",
+    "hinge_generator_loss", "init_codec_train_state", "kmeans", "local_attention", "make_optimizer",
+    "mel_filterbank", "mel_spectrogram", "multiscale_mel_loss", "stft",
+]

@@ -6,8 +6,9 @@ never through gradients. Training calls the module with ``train=True`` and
 ``mutable=['vq_stats']`` and an rng stream ``'vq'``; evaluation is read-only.
 
 Per training call, in this order:
-  1. first call only (``initted`` is False): k-means on the batch's vectors sets
-     the codebook (``kmeans_init=True``), so codes start where the data is;
+  1. first call only (``initted`` is False): k-means (k-means++ seeding, Lloyd
+     iterations) on the batch's vectors sets the codebook (``kmeans_init=True``),
+     so codes start where the data is;
   2. every vector is assigned its nearest code (with the codebook as it is now);
   3. EMA update: ``cluster_size <- d * cluster_size + (1 - d) * counts`` and
      ``embed_sum <- d * embed_sum + (1 - d) * sum of assigned vectors``; a code
@@ -45,12 +46,35 @@ def sample_vectors(key: jax.Array, x: jax.Array, num: int) -> jax.Array:
     return x[idx]
 
 
-def kmeans(key: jax.Array, x: jax.Array, num_clusters: int, num_iters: int) -> tuple[jax.Array, jax.Array]:
-    """Lloyd's k-means on x ``(n d)`` -> (centroids ``(k d)``, cluster sizes ``(k,)``).
+def kmeans_plus_plus(key: jax.Array, x: jax.Array, num_clusters: int) -> jax.Array:
+    """k-means++ seeding: x ``(n d)`` -> initial centroids ``(k d)``.
 
-    Centroids start at random data vectors; an empty cluster keeps its centroid.
+    Each next centroid is a data vector drawn with probability proportional to its
+    squared distance to the nearest centroid so far, so well-separated clusters
+    each get a seed (plain random seeding often puts two in one cluster).
     """
-    centroids = sample_vectors(key, x, num_clusters)
+    n = x.shape[0]
+    first = x[jax.random.randint(jax.random.fold_in(key, 0), (), 0, n)]
+    centroids = jnp.zeros((num_clusters, x.shape[1]), x.dtype).at[0].set(first)
+    min_d2 = jnp.sum((x - first) ** 2, axis=-1)
+
+    def pick(i, carry):
+        centroids, min_d2 = carry
+        # log(0) = -inf excludes chosen vectors; the tiny floor keeps the draw defined when all are chosen.
+        idx = jax.random.categorical(jax.random.fold_in(key, i), jnp.log(min_d2 + 1e-30))
+        centroids = centroids.at[i].set(x[idx])
+        return centroids, jnp.minimum(min_d2, jnp.sum((x - x[idx]) ** 2, axis=-1))
+
+    centroids, _ = jax.lax.fori_loop(1, num_clusters, pick, (centroids, min_d2))
+    return centroids
+
+
+def kmeans(key: jax.Array, x: jax.Array, num_clusters: int, num_iters: int) -> tuple[jax.Array, jax.Array]:
+    """Lloyd's k-means on x ``(n d)`` with k-means++ seeding -> (centroids ``(k d)``, cluster sizes ``(k,)``).
+
+    An empty cluster keeps its centroid.
+    """
+    centroids = kmeans_plus_plus(key, x, num_clusters)
 
     def assign(c):
         onehot = jax.nn.one_hot(nearest_code(x, c), num_clusters, dtype=x.dtype)
