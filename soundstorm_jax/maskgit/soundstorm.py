@@ -166,6 +166,54 @@ class SoundStorm(nn.Module):
         metrics["critic_loss"] = critic_loss
         return loss + self.critic_loss_weight * critic_loss, metrics
 
+    def generate(self, variables, num_frames: int | None = None, **kwargs):
+        """Generate codes ``(batch, frames, levels)``; see :func:`soundstorm_jax.sampler.generate`.
+
+        ``model.generate(variables, 1024, batch_size=2, key=key)``.
+        """
+        from soundstorm_jax.sampler import generate  # the sampler imports this module
+
+        return generate(self, variables, num_frames, **kwargs)
+
+    # ---- the pieces the sampler calls, one pass at a time ------------------------------------
+
+    def conditioning(self, semantic_ids, cond, num_frames: int):
+        """Semantic ids ``(b, m)`` and/or a precomputed ``cond`` -> one conditioning ``(b, n, d)`` (or None).
+
+        Computed once per generation and reused by every pass.
+        """
+        total = None
+        if semantic_ids is not None:
+            total = self.net.semantic_condition(semantic_ids, num_frames)
+        if cond is not None:
+            cond = jnp.broadcast_to(cond[:, None, :], cond.shape[:1] + (num_frames,) + cond.shape[1:]) \
+                if cond.ndim == 2 else cond
+            total = cond if total is None else total + cond.astype(total.dtype)
+        return total
+
+    def decode_logits(self, codes, mask, columns, condition=None, drop_condition=None, self_cond_source=None,
+                      has_source=None):
+        """One decoding pass: logits ``(b, n, g, K)`` of ``columns (g,)`` and the next self-cond source.
+
+        ``self_cond_source (b, n, d)`` is the previous pass's head-output sum;
+        where ``has_source`` is False (the first pass) the learned null
+        embedding is used instead.
+        """
+        sum_embeds = None
+        if self.self_cond:
+            sum_embeds = self.self_cond_embedding(None)
+            if self_cond_source is not None:
+                sum_embeds = jnp.where(has_source, self.self_cond_embedding(self_cond_source), sum_embeds)
+        hidden = self.net.hidden(codes, mask, cond=condition, sum_embeds=sum_embeds, drop_condition=drop_condition)
+        logits = self.net.logits_from_embeddings(self.net.head_embeddings(hidden, columns), columns)
+        source = self.net.self_cond_source(hidden) if self.self_cond else None
+        return logits, source
+
+    def critic_logits(self, codes, mask, columns, condition=None):
+        """The token critic's logits ``(b, n, g)`` (high = likely a wrong token) for ``columns (g,)``."""
+        hidden = self.net.hidden(codes, mask, cond=condition)
+        return self.critic_head(self.net.head_embeddings(hidden, columns))[..., 0].astype(jnp.float32)
+
     def _corrupt_targets(self, key, true_tokens):
         """What the targets show: [MASK], or BERT-style kept / random tokens."""
         mask_tokens = jnp.full_like(true_tokens, self.net.mask_id)

@@ -1,0 +1,247 @@
+"""``generate``: validated inputs in, one compiled demasking program, codes out.
+
+Everything a user can get wrong is checked here, on the host, before anything
+is traced. The program itself is one ``jax.jit`` function cached by
+``(model, options)`` and by shapes; frames are rounded up to a multiple of
+``frame_bucket`` (extra frames are padding, which never affects valid frames),
+so a service generating many lengths compiles once per bucket, batch size and
+step schedule.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from soundstorm_jax import validation
+from soundstorm_jax.model.wrapper import semantic_frames
+from soundstorm_jax.sampler.loop import DecodePlan, DecodeState, SamplingOptions, decode, pass_schedule
+
+DEFAULT_FRAME_BUCKET = 64
+
+
+def resolve_steps(steps, num_levels: int) -> tuple[int, ...]:
+    """An int (first level; one pass on every later level) or one count per level -> ``(Q,)``."""
+    if isinstance(steps, (tuple, list)):
+        steps = tuple(int(s) for s in steps)
+        if len(steps) != num_levels:
+            raise ValueError(f"steps has {len(steps)} entries, expected one per level ({num_levels})")
+        if min(steps) < 1:
+            raise ValueError(f"steps must all be positive, got {steps}")
+        return steps
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive int or a tuple of per-level ints, got {steps!r}")
+    return (int(steps),) + (1,) * (num_levels - 1)
+
+
+def _frame_lengths(num_frames, batch_size, lengths, mask, semantic_ids, net):
+    """Resolve ``(batch, frames, valid (b, n))`` from whichever of the arguments were given."""
+    sizes = {}
+    if semantic_ids is not None:
+        sizes["semantic_ids"] = np.shape(semantic_ids)[0]
+    if mask is not None:
+        sizes["mask"] = np.shape(mask)[0]
+    if lengths is not None:
+        sizes["lengths"] = np.shape(lengths)[0] if np.ndim(lengths) else None
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        sizes["batch_size"] = int(batch_size)
+    if len({v for v in sizes.values()}) > 1:
+        raise ValueError(f"batch sizes disagree: {sizes}")
+    b = next(iter(sizes.values()), 1)
+
+    if semantic_ids is not None:
+        validation.check_semantic_ids(semantic_ids, batch=b, num_semantic_token_ids=net.num_semantic_token_ids,
+                                      pad_id=net.semantic_pad_id)
+        ids = np.asarray(semantic_ids)
+        implied = semantic_frames(ids.shape[1], net.acoustic_per_semantic)
+        num_frames = implied if num_frames is None else num_frames
+        if lengths is None and mask is None:
+            counts = (ids != net.semantic_pad_id).sum(axis=1)
+            lengths = [min(num_frames, semantic_frames(int(c), net.acoustic_per_semantic)) for c in counts]
+    if mask is not None:
+        validation.check_mask(mask, (b, np.shape(mask)[1]))
+        num_frames = np.shape(mask)[1] if num_frames is None else num_frames
+    if num_frames is None:
+        raise ValueError("give num_frames (or seconds with a codec, semantic_ids, or a mask) to set the length")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or num_frames < 1:
+        raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+    n = int(num_frames)
+    if mask is not None:
+        valid = np.asarray(mask, bool)
+        if valid.shape[1] != n:
+            raise ValueError(f"mask has {valid.shape[1]} frames but num_frames is {n}")
+    elif lengths is not None:
+        lengths = np.asarray(lengths)
+        if lengths.shape != (b,) or not np.issubdtype(lengths.dtype, np.integer):
+            raise ValueError(f"lengths must be {b} integers, one per example, got {lengths!r}")
+        if lengths.min() < 1 or lengths.max() > n:
+            raise ValueError(f"lengths must lie in [1, num_frames={n}], got {lengths.tolist()}")
+        valid = np.arange(n)[None, :] < lengths[:, None]
+    else:
+        valid = np.ones((b, n), bool)
+    return b, n, valid
+
+
+def _prompt_tokens(prompt, b: int, valid: np.ndarray, net):
+    """Validated prompt ``(b, P, Qp)`` and the fixed-token mask ``(b, n, c)``."""
+    n, c = valid.shape[1], net.num_columns
+    fixed = np.zeros((b, n, c), bool)
+    if prompt is None:
+        return None, fixed
+    prompt = np.asarray(prompt)
+    if prompt.ndim == 2:
+        prompt = np.broadcast_to(prompt, (b,) + prompt.shape)
+    if prompt.ndim != 3 or prompt.shape[0] != b:
+        raise ValueError(f"prompt must have shape (batch={b}, prompt frames, levels) or (prompt frames, levels), "
+                         f"got {np.shape(prompt)}")
+    p, qp = prompt.shape[1:]
+    if qp < 1 or qp > c:
+        raise ValueError(f"prompt has {qp} levels; it may give the first 1 to {c} levels")
+    if p < 1:
+        raise ValueError("prompt must hold at least one frame")
+    shortest = int(valid.sum(axis=1).min())
+    if p > shortest:
+        raise ValueError(f"prompt has {p} frames but the output has only {shortest} valid frames "
+                         f"(num_frames={n}); the prompt must not be longer than the output")
+    validation.check_codes(prompt, codebook_size=net.codebook_size, num_columns=qp, name="prompt")
+    fixed[:, :p, :qp] = True
+    return prompt.astype(np.int32), fixed
+
+
+def initial_plan_and_state(model, variables, options: SamplingOptions, level_steps, codes, valid, fixed, keys,
+                           semantic_ids, cond, scalars) -> tuple[DecodePlan, DecodeState]:
+    """The loop's read-only plan and its starting state (codes all [MASK] but the prompt)."""
+    n = codes.shape[1]
+    condition = None
+    if semantic_ids is not None or cond is not None:
+        condition = model.apply(variables, semantic_ids, cond, n, method=type(model).conditioning)
+    pass_level, pass_step, pass_total = pass_schedule(level_steps)
+    plan = DecodePlan(pass_level=pass_level, pass_step=pass_step, pass_total=pass_total, valid=valid, fixed=fixed,
+                      keys=keys, condition=condition, **scalars)
+    source = None
+    if model.self_cond:
+        rows = codes.shape[0] * (2 if options.use_guidance else 1)
+        source = jnp.zeros((rows, n, model.net.dim), model.net.dtype)
+    return plan, DecodeState(codes=codes, self_cond_source=source, has_source=jnp.zeros((), bool))
+
+
+@partial(jax.jit, static_argnames=("model", "options", "level_steps", "pad_value"))
+def _program(model, options, level_steps, pad_value, variables, codes, valid, fixed, keys, semantic_ids, cond,
+             scalars):
+    """The whole generation: conditioning, every pass, padding. One XLA program."""
+    plan, state = initial_plan_and_state(model, variables, options, level_steps, codes, valid, fixed, keys,
+                                         semantic_ids, cond, scalars)
+    codes = decode(model, variables, plan, options, state).codes
+    return jnp.where(valid[:, :, None], codes, pad_value)
+
+
+def prepare_inputs(model, num_frames: int | None = None, *, key, batch_size: int | None = None,
+                   lengths=None, mask=None, prompt=None, semantic_ids=None, cond=None, steps=None,
+                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                   choice_temperature: float = 1.0, guidance_scale: float | None = None,
+                   use_critic: bool | None = None, seconds: float | None = None,
+                   frame_bucket: int | None = DEFAULT_FRAME_BUCKET) -> dict:
+    """Validate :func:`generate`'s arguments on the host and build the program's inputs.
+
+    Returns the keyword arguments of :func:`initial_plan_and_state` plus
+    ``num_frames`` (the requested length, before bucketing).
+    """
+    net = model.net
+    if seconds is not None:
+        raise ValueError("seconds= needs a codec attached to SoundStorm; pass num_frames instead")
+    level_steps = resolve_steps(model.steps if steps is None else steps, net.num_quantizers)
+    b, n, valid = _frame_lengths(num_frames, batch_size, lengths, mask, semantic_ids, net)
+    prompt, fixed = _prompt_tokens(prompt, b, valid, net)
+    if cond is not None:
+        validation.check_cond(cond, batch=b, frames=n, dim=net.dim)
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
+                              or not 1 <= top_k <= net.codebook_size):
+        raise ValueError(f"top_k must be an int in [1, codebook_size={net.codebook_size}], got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
+    for name, value in (("temperature", temperature), ("choice_temperature", choice_temperature)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if guidance_scale is not None:
+        if model.cond_drop_prob == 0:
+            raise ValueError("guidance_scale needs a model trained with conditioning dropout "
+                             "(SoundStorm(cond_drop_prob > 0)); this one was not")
+        if semantic_ids is None and cond is None:
+            raise ValueError("guidance_scale needs conditioning (semantic_ids or cond) to guide towards")
+    use_critic = model.self_token_critic if use_critic is None else bool(use_critic)
+    if use_critic and not model.self_token_critic:
+        raise ValueError("use_critic=True needs a model with a token critic (SoundStorm(self_token_critic=True))")
+    keys = _example_keys(key, b)
+
+    bucket = max(int(frame_bucket or 1), 1)
+    padded_n = int(math.ceil(n / bucket) * bucket)
+    pad = padded_n - n
+    valid = np.pad(valid, ((0, 0), (0, pad)))
+    fixed = np.pad(fixed, ((0, 0), (0, pad), (0, 0)))
+    codes = np.full((b, padded_n, net.num_columns), net.mask_id, np.int32)
+    if prompt is not None:
+        codes[:, :prompt.shape[1], :prompt.shape[2]] = prompt
+    if cond is not None and np.ndim(cond) == 3:
+        cond = jnp.pad(jnp.asarray(cond), ((0, 0), (0, pad), (0, 0)))
+
+    options = SamplingOptions(top_k=None if top_k is None else int(top_k), use_top_p=top_p is not None,
+                              use_guidance=guidance_scale is not None, use_critic=use_critic)
+    scalars = {name: jnp.asarray(value, jnp.float32) for name, value in (
+        ("temperature", temperature), ("choice_temperature", choice_temperature),
+        ("top_p", 1.0 if top_p is None else top_p), ("guidance_scale", 1.0 if guidance_scale is None else guidance_scale))}
+    return dict(options=options, level_steps=level_steps, codes=jnp.asarray(codes), valid=jnp.asarray(valid),
+                fixed=jnp.asarray(fixed), keys=keys,
+                semantic_ids=None if semantic_ids is None else jnp.asarray(semantic_ids, jnp.int32), cond=cond,
+                scalars=scalars, num_frames=n)
+
+
+def generate(model, variables, num_frames: int | None = None, *, pad_value: int = -1, **options):
+    """Generate codes ``(batch, frames, levels)`` with a trained :class:`SoundStorm`.
+
+    Options (keyword arguments of :func:`prepare_inputs`, which checks them):
+      model, variables: the ``SoundStorm`` module and its variables.
+      num_frames: output length in codec frames (or implied by ``semantic_ids`` or ``mask``).
+      key: a PRNG key, or one key per example ``(b,)``; example ``i`` uses only
+        its own key, so a batch decodes exactly like its examples one by one.
+      batch_size, lengths, mask: batch size and per-example lengths (or a frame
+        mask, True = valid); padded frames come back as ``pad_value``.
+      prompt: acoustic prompt codes ``(b, P, Qp)`` or ``(P, Qp)`` for the first
+        ``P`` frames and first ``Qp`` levels, kept bit for bit.
+      semantic_ids: ``(b, m)`` conditioning tokens (pad = the net's
+        ``semantic_pad_id``); their length sets ``num_frames`` when not given.
+      cond: precomputed conditioning ``(b, n, d)`` or ``(b, d)``.
+      steps: override the model's ``steps`` (int or one per level).
+      temperature: sampling temperature at a level's first step, annealed to 0.
+      top_k, top_p: filtering before sampling.
+      choice_temperature: Gumbel noise on the confidences (MaskGIT), annealed.
+      guidance_scale: classifier-free guidance; needs a model trained with
+        ``cond_drop_prob > 0`` and some conditioning. 1 = conditional only.
+      use_critic: rank by the token critic (default: when the model has one).
+      seconds: length in seconds; needs a codec.
+      frame_bucket: frames are padded up to a multiple of this for compilation
+        reuse (None or 1: exact length).
+      pad_value: what padded frames hold in the output.
+    """
+    inputs = prepare_inputs(model, num_frames, **options)
+    n = inputs.pop("num_frames")
+    return _program(model, pad_value=int(pad_value), variables=variables, **inputs)[:, :n]
+
+
+def _example_keys(key, b: int) -> jax.Array:
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape == ():
+            return jax.random.split(key, b)
+        if key.shape == (b,):
+            return key
+    elif key.dtype == jnp.uint32:
+        if key.shape == (2,):
+            return jax.random.split(key, b)
+        if key.shape == (b, 2):
+            return key
+    raise ValueError(f"key must be one PRNG key or one per example ({b}), got shape {key.shape} dtype {key.dtype}")

@@ -1,0 +1,64 @@
+"""Token-level sampling: filtering, Gumbel-max sampling, confidence ranking.
+
+All functions work on logits ``(..., K)`` in fp32 and are pure; noise comes
+from explicit keys, one per example, so a batch decodes exactly as its
+examples would one by one.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -1e30  # finite, so that (logits + noise) arithmetic never makes NaNs
+
+
+def top_k_filter(logits: jax.Array, k: int | None) -> jax.Array:
+    """Keep the ``k`` largest logits of the last axis, set the rest to -inf-like."""
+    if k is None or k >= logits.shape[-1]:
+        return logits
+    kth = jax.lax.top_k(logits, k)[0][..., -1:]
+    return jnp.where(logits >= kth, logits, NEG_INF)
+
+
+def top_p_filter(logits: jax.Array, p) -> jax.Array:
+    """Nucleus filtering: keep the smallest set of tokens whose probability reaches ``p``.
+
+    The most likely token is always kept, so ``p`` only needs to lie in (0, 1].
+    """
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    # The smallest kept logit: the last one whose preceding mass is still below p.
+    keep = mass_before < p
+    threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits >= threshold, logits, NEG_INF)
+
+
+def per_example_gumbel(keys: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Gumbel noise ``(b, *shape)`` with example ``i`` drawn from ``keys[i]`` only."""
+    return jax.vmap(lambda key: jax.random.gumbel(key, shape))(keys)
+
+
+def sample_tokens(keys: jax.Array, logits: jax.Array, temperature) -> tuple[jax.Array, jax.Array]:
+    """Gumbel-max sampling at ``temperature`` (0 = argmax) from logits ``(b, ..., K)``.
+
+    Returns the sampled ids and their log-probabilities under the (filtered)
+    distribution at temperature 1, the MaskGIT confidence.
+    """
+    noise = per_example_gumbel(keys, logits.shape[1:])
+    # argmax(l / T + g) == argmax(l + T g) for T > 0, and T = 0 gives the argmax.
+    sampled = jnp.argmax(logits + temperature * noise, axis=-1)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return sampled.astype(jnp.int32), jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
+
+
+def lowest_confidence(confidence: jax.Array, candidates: jax.Array, count: jax.Array) -> jax.Array:
+    """The ``count[b]`` least confident candidates of each example.
+
+    confidence, candidates: ``(b, t)``; count: ``(b,)``, at most the number of
+    candidates. Returns a bool ``(b, t)`` with exactly ``count[b]`` True, all
+    among the candidates.
+    """
+    scores = jnp.where(candidates, confidence, jnp.inf)
+    rank = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
+    return (rank < count[:, None]) & candidates
