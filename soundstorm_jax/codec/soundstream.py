@@ -195,13 +195,17 @@ class SoundStreamCodec:
 
     ``codec = SoundStreamCodec(model, variables)``; ``codec.encode(audio (b t), sample_rate=None)`` ->
     codes ``(b n (g q))`` int32; ``codec.decode(codes, length=None)`` -> audio ``(b n*hop)`` or ``(b length)``.
+    Each new input shape compiles once. ``compiler_options`` go to ``jax.jit`` (e.g.
+    ``{'xla_backend_optimization_level': 0}`` trades run time for compile time in tests).
     """
 
-    def __init__(self, model: SoundStream, variables):
+    def __init__(self, model: SoundStream, variables, compiler_options: dict | None = None):
         self.model = model
         self.variables = {k: v for k, v in variables.items() if k in ('params', 'vq_stats')}
-        self._encode = jax.jit(lambda v, a, nl: model.apply(v, a, nl, method=SoundStream.encode), static_argnums=2)
-        self._decode = jax.jit(lambda v, c: model.apply(v, c, method=SoundStream.decode))
+        self._encode = jax.jit(lambda v, a, nl: model.apply(v, a, nl, method=SoundStream.encode), static_argnums=2,
+                               compiler_options=compiler_options)
+        self._decode = jax.jit(lambda v, c: model.apply(v, c, method=SoundStream.decode),
+                               compiler_options=compiler_options)
 
     target_sample_hz = property(lambda self: self.model.target_sample_hz)
     hop_length = property(lambda self: self.model.hop_length)

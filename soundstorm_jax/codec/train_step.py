@@ -165,6 +165,7 @@ def codec_eval_step(state: CodecTrainState, audio: jax.Array) -> dict:
             'waveform_l1': jnp.mean(jnp.abs(audio - out.audio))}
 
 
-def codec_from_state(state: CodecTrainState) -> SoundStreamCodec:
+def codec_from_state(state: CodecTrainState, compiler_options: dict | None = None) -> SoundStreamCodec:
     """The trained codec with jitted encode/decode (generator params + EMA codebooks)."""
-    return SoundStreamCodec(state.config.codec, {'params': state.params['generator'], 'vq_stats': state.vq_stats})
+    return SoundStreamCodec(state.config.codec, {'params': state.params['generator'], 'vq_stats': state.vq_stats},
+                            compiler_options=compiler_options)

@@ -8,12 +8,15 @@ from soundstorm_jax.codec import CodecDiscriminator, CodecTrainConfig, SoundStre
 SAMPLE_RATE = 16000
 TRAIN_SAMPLES = 2048
 TRAIN_BATCH = 4
-TRAIN_STEPS = 60
+TRAIN_STEPS = 40
+# The tests run each program a few dozen times at most, so compile time (which the backend's
+# optimisation passes dominate on this CPU) matters far more than run time.
+FAST_COMPILE = {'xla_backend_optimization_level': 0}
 
 
 def tiny_soundstream(**overrides) -> SoundStream:
-    """hop 8, dim 16, 2 groups x 4 levels x 32 codes, one causal local-attention layer."""
-    kw = dict(codebook_size=32, rq_num_quantizers=4, rq_groups=2, strides=(2, 4), channels=8, dim=16,
+    """hop 8, dim 16, 2 groups x 3 levels x 32 codes, one causal local-attention layer."""
+    kw = dict(codebook_size=32, rq_num_quantizers=3, rq_groups=2, strides=(2, 4), channels=8, dim=16,
               attn_depth=1, attn_window_size=8, attn_heads=2, causal=True, quantizer_dropout=0.5)
     kw.update(overrides)
     return SoundStream(**kw)
@@ -25,8 +28,8 @@ def tiny_discriminator() -> CodecDiscriminator:
 
 
 def tiny_train_config() -> CodecTrainConfig:
-    return CodecTrainConfig(codec=tiny_soundstream(), discriminator=tiny_discriminator(), mel_scales=(64, 128, 256),
-                            mel_bins=32, generator_lr=3e-3, discriminator_lr=1e-3, adversarial_start_step=30,
+    return CodecTrainConfig(codec=tiny_soundstream(), discriminator=tiny_discriminator(), mel_scales=(64, 256),
+                            mel_bins=32, generator_lr=3e-3, discriminator_lr=1e-3, adversarial_start_step=20,
                             adversarial_weight=0.1, feature_matching_weight=0.3)
 
 
@@ -44,11 +47,11 @@ def simple_audio(rng: np.random.Generator, batch: int, samples: int) -> np.ndarr
 
 
 def compile_for_test(fn, *args, static_argnums=()):
-    """``jax.jit(fn)`` compiled for ``args`` without backend optimisation passes.
-
-    The tests run each program a few dozen times at most, so compile time (which the
-    optimisation passes dominate on this CPU) matters far more than run time.
-    """
+    """``jax.jit(fn)`` compiled for ``args`` with ``FAST_COMPILE`` options."""
     import jax
-    return jax.jit(fn, static_argnums=static_argnums).lower(*args).compile(
-        compiler_options={'xla_backend_optimization_level': 0})
+    return jax.jit(fn, static_argnums=static_argnums).lower(*args).compile(compiler_options=FAST_COMPILE)
+
+
+def run_once(fn, *args):
+    """Compile ``fn`` for ``args`` (as ``compile_for_test``) and call it once."""
+    return compile_for_test(fn, *args)(*args)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from codec_test_utils import compile_for_test, run_once
 from soundstorm_jax.codec import GroupedResidualVQ, ResidualVQ, VectorQuantizer, draw_num_levels, kmeans
 
 
@@ -31,8 +32,9 @@ def test_ema_update_moves_exactly_the_used_codes():
     # Data near codes 1, 4 and 6 only.
     x = _blobs(rng, codebook[[1, 4, 6]], 5, spread=0.1)[None]  # (1, 15, d)
     vq = VectorQuantizer(k, d, decay=decay, kmeans_init=False, threshold_ema_dead_code=0.0)
-    (quantized, codes, commit), new = vq.apply(_stats(codebook, cluster_size), jnp.asarray(x), train=True,
-                                               mutable=['vq_stats'], rngs={'vq': jax.random.key(0)})
+    (quantized, codes, commit), new = run_once(
+        lambda v, x: vq.apply(v, x, train=True, mutable=['vq_stats'], rngs={'vq': jax.random.key(0)}),
+        _stats(codebook, cluster_size), jnp.asarray(x))
     new = jax.tree.map(np.asarray, new['vq_stats'])
 
     assigned = np.argmin(((x[0, :, None] - codebook[None]) ** 2).sum(-1), axis=1)
@@ -63,8 +65,8 @@ def test_dead_codes_are_replaced_by_batch_vectors_and_live_codes_are_not():
     cluster_size = np.array([10, 10, 10, 10, 2.2, 2.4, 0.1, 5.0], np.float32)
     x = _blobs(rng, codebook[[0, 2]], 6, spread=0.1)[None]
     vq = VectorQuantizer(k, d, decay=decay, kmeans_init=False, threshold_ema_dead_code=threshold)
-    _, new = vq.apply(_stats(codebook, cluster_size), jnp.asarray(x), train=True, mutable=['vq_stats'],
-                      rngs={'vq': jax.random.key(3)})
+    _, new = run_once(lambda v, x: vq.apply(v, x, train=True, mutable=['vq_stats'], rngs={'vq': jax.random.key(3)}),
+                      _stats(codebook, cluster_size), jnp.asarray(x))
     new = jax.tree.map(np.asarray, new['vq_stats'])
     after_ema = decay * cluster_size + (1 - decay) * np.bincount(
         np.argmin(((x[0, :, None] - codebook[None]) ** 2).sum(-1), axis=1), minlength=k)
@@ -87,12 +89,13 @@ def test_kmeans_init_runs_once_on_the_first_training_batch():
     centres_b = centres_a + np.float32(20.0)
     vq = VectorQuantizer(k, d, decay=0.99, kmeans_init=True, kmeans_iters=10, threshold_ema_dead_code=0.0)
     batch_a = jnp.asarray(_blobs(rng, centres_a, 50)[None])
-    variables = vq.init(jax.random.key(0), batch_a)
+    variables = run_once(vq.init, jax.random.key(0), batch_a)
     assert not bool(variables['vq_stats']['initted'])
     # init does not fit the codebook; the first training call does.
     assert np.abs(np.asarray(variables['vq_stats']['embed'])).max() < 10
 
-    train = jax.jit(lambda v, x, key: vq.apply(v, x, train=True, mutable=['vq_stats'], rngs={'vq': key}))
+    train = compile_for_test(lambda v, x, key: vq.apply(v, x, train=True, mutable=['vq_stats'], rngs={'vq': key}),
+                             variables, batch_a, jax.random.key(1))
     _, v1 = train(variables, batch_a, jax.random.key(1))
     embed = np.asarray(v1['vq_stats']['embed'])
     assert bool(v1['vq_stats']['initted'])
@@ -116,7 +119,7 @@ def test_kmeans_function_finds_separated_clusters():
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(3, 4)).astype(np.float32) * 10
     x = jnp.asarray(_blobs(rng, centres, 20, spread=0.01))
-    found, counts = kmeans(jax.random.key(0), x, 3, 10)
+    found, counts = run_once(lambda key, x: kmeans(key, x, 3, 10), jax.random.key(0), x)
     assert np.abs(np.sort(np.asarray(found), axis=0) - np.sort(centres, axis=0)).max() < 0.05
     np.testing.assert_array_equal(np.sort(np.asarray(counts)), [20, 20, 20])
 
@@ -127,8 +130,9 @@ def trained_rvq():
     rvq = ResidualVQ(num_quantizers=4, codebook_size=16, dim=4, decay=0.8, threshold_ema_dead_code=0.5)
     rng = np.random.default_rng(4)
     data = lambda: jnp.asarray(rng.normal(size=(4, 64, 4)).astype(np.float32))
-    variables = rvq.init(jax.random.key(0), data())
-    train = jax.jit(lambda v, x, key: rvq.apply(v, x, train=True, mutable=['vq_stats'], rngs={'vq': key})[1])
+    variables = run_once(rvq.init, jax.random.key(0), data())
+    train = compile_for_test(lambda v, x, key: rvq.apply(v, x, train=True, mutable=['vq_stats'], rngs={'vq': key})[1],
+                             variables, data(), jax.random.key(0))
     for i in range(5):
         variables = train(variables, data(), jax.random.key(i))
     return rvq, variables, data()
@@ -136,8 +140,9 @@ def trained_rvq():
 
 def test_reconstruction_error_decreases_with_levels(trained_rvq):
     rvq, variables, held_out = trained_rvq
-    apply = jax.jit(lambda v, x, n: rvq.apply(v, x, num_levels=n).quantized)
-    errors = [float(jnp.mean((apply(variables, held_out, n) - held_out) ** 2)) for n in range(1, 5)]
+    errors = run_once(lambda v, x: [jnp.mean((rvq.apply(v, x, num_levels=n).quantized - x) ** 2) for n in range(1, 5)],
+                      variables, held_out)
+    errors = [float(e) for e in errors]
     base = float(jnp.mean(held_out ** 2))
     assert errors[0] < 0.7 * base, (base, errors)
     assert all(b < 0.9 * a for a, b in zip(errors, errors[1:])), errors
@@ -146,56 +151,70 @@ def test_reconstruction_error_decreases_with_levels(trained_rvq):
 def test_quantizer_dropout_uses_only_the_first_k_levels(trained_rvq):
     rvq_plain, variables, x = trained_rvq
     rvq = rvq_plain.clone(dropout_prob=1.0, dropout_min_levels=2)
-    full = rvq.apply(variables, x, train=False)
-    out, _ = rvq.apply(variables, x, train=True, mutable=['vq_stats'], rngs={'vq': jax.random.key(7)})
+
+    def run(v, x, key):
+        out, _ = rvq.apply(v, x, train=True, mutable=['vq_stats'], rngs={'vq': key})
+        full = rvq.apply(v, x, train=False)
+        # Per-example level counts forced to what dropout drew, without dropout.
+        forced = rvq.apply(v, x, num_levels=out.num_levels)
+        return out, full, forced, rvq.apply(v, out.codes, method='codes_to_embeddings')
+
+    out, full, forced, from_codes = run_once(run, variables, x, jax.random.key(7))
     levels = np.asarray(out.num_levels)
-    assert levels.min() >= 2 and levels.max() <= 4
+    assert levels.min() >= 2 and levels.max() <= 4 and len(set(levels.tolist())) > 1, levels
     codes, full_codes = np.asarray(out.codes), np.asarray(full.codes)
     for b, k in enumerate(levels):
         np.testing.assert_array_equal(codes[b, :, :k], full_codes[b, :, :k])
         assert (codes[b, :, k:] == -1).all()
-        # The output is the sum of the first k levels only: it equals a k-level eval of this example.
-        expected = rvq.apply(variables, x[b:b + 1], num_levels=int(k)).quantized
-        np.testing.assert_allclose(np.asarray(out.quantized[b:b + 1]), np.asarray(expected), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(out.quantized),
-                               np.asarray(rvq.apply(variables, out.codes, method='codes_to_embeddings')), atol=1e-5)
+    # The output is the sum of the first k levels only.
+    np.testing.assert_allclose(np.asarray(out.quantized), np.asarray(forced.quantized), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.quantized), np.asarray(from_codes), atol=1e-5)
+    assert np.abs(np.asarray(out.quantized) - np.asarray(full.quantized)).max() > 1e-3
 
 
 def test_dropout_draws_per_example_or_per_step():
-    draws = np.stack([np.asarray(draw_num_levels(jax.random.key(i), 8, 6, prob=1.0, min_levels=2, per_example=True))
-                      for i in range(20)])
+    def draw_all(keys):
+        draw = lambda **kw: jax.vmap(lambda k: draw_num_levels(k, 8, 6, **kw))(keys)
+        return (draw(prob=1.0, min_levels=2, per_example=True), draw(prob=1.0, min_levels=1, per_example=False),
+                draw(prob=0.0, min_levels=1, per_example=True))
+
+    draws, per_step, never = map(np.asarray, run_once(draw_all, jax.random.split(jax.random.key(0), 20)))
     assert draws.min() == 2 and draws.max() == 6
     assert any(len(set(row)) > 1 for row in draws)
-    per_step = np.stack([np.asarray(draw_num_levels(jax.random.key(i), 8, 6, prob=1.0, min_levels=1,
-                                                    per_example=False)) for i in range(20)])
     assert all(len(set(row)) == 1 for row in per_step) and len(set(per_step[:, 0])) > 1
-    never = draw_num_levels(jax.random.key(0), 8, 6, prob=0.0, min_levels=1, per_example=True)
     np.testing.assert_array_equal(np.asarray(never), 6)
 
 
 def test_grouped_codes_are_group_major_and_decode_to_the_quantized_output():
     groups, q, dim = 2, 3, 8
     grvq = GroupedResidualVQ(num_quantizers=q, codebook_size=8, dim=dim, groups=groups, kmeans_init=False)
-    x = jax.random.normal(jax.random.key(0), (2, 5, dim))
-    variables = grvq.init(jax.random.key(1), x)
-    out = grvq.apply(variables, x)
-    assert out.codes.shape == (2, 5, groups * q) and out.codes.dtype == jnp.int32
     single = ResidualVQ(num_quantizers=q, codebook_size=8, dim=dim // groups, kmeans_init=False)
+    x = jax.random.normal(jax.random.key(0), (2, 5, dim))
+
+    def run(x):
+        variables = grvq.init(jax.random.key(1), x)
+        out = grvq.apply(variables, x)
+        own = [single.apply({'vq_stats': variables['vq_stats'][f'rvqs_{g}']}, x[..., g * 4:(g + 1) * 4])
+               for g in range(groups)]
+        emb = grvq.apply(variables, out.codes, method='codes_to_embeddings')
+        coarse = grvq.apply(variables, x, num_levels=1, method='embeddings_to_codes')
+        return out, own, emb, coarse
+
+    out, own, emb, coarse = run_once(run, x)
+    assert out.codes.shape == (2, 5, groups * q) and out.codes.dtype == jnp.int32
     for g in range(groups):
-        own = single.apply({'vq_stats': variables['vq_stats'][f'rvqs_{g}']}, x[..., g * 4:(g + 1) * 4])
-        np.testing.assert_array_equal(np.asarray(out.codes[..., g * q:(g + 1) * q]), np.asarray(own.codes))
-        np.testing.assert_allclose(np.asarray(out.quantized[..., g * 4:(g + 1) * 4]), np.asarray(own.quantized),
+        np.testing.assert_array_equal(np.asarray(out.codes[..., g * q:(g + 1) * q]), np.asarray(own[g].codes))
+        np.testing.assert_allclose(np.asarray(out.quantized[..., g * 4:(g + 1) * 4]), np.asarray(own[g].quantized),
                                    atol=1e-6)
-    emb = grvq.apply(variables, out.codes, method='codes_to_embeddings')
     np.testing.assert_allclose(np.asarray(emb), np.asarray(out.quantized), atol=1e-5)
     # The first level of each group alone: columns (g0 q0, g1 q0).
-    coarse = grvq.apply(variables, x, num_levels=1, method='embeddings_to_codes')
     np.testing.assert_array_equal(np.asarray(coarse), np.asarray(out.codes[..., ::q]))
 
 
 def test_training_without_mutable_stats_is_refused():
     vq = VectorQuantizer(4, 2)
     x = jnp.ones((1, 3, 2))
-    variables = vq.init(jax.random.key(0), x)
+    variables = {'vq_stats': {'embed': jnp.zeros((4, 2)), 'embed_sum': jnp.zeros((4, 2)),
+                              'cluster_size': jnp.ones((4,)), 'initted': jnp.asarray(True)}}
     with pytest.raises(ValueError, match="mutable=\\['vq_stats'\\]"):
         vq.apply(variables, x, train=True, rngs={'vq': jax.random.key(0)})
