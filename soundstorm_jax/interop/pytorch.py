@@ -304,20 +304,24 @@ def _to_numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
+def _touch_every_parameter(model: SoundStorm, codes, mask, **semantic):
+    """One network pass plus the SoundStorm-level layers: creates every parameter, far cheaper to trace than the loss."""
+    out = model.net(codes, mask, **semantic)
+    if model.self_cond:
+        model.self_cond_embedding(None)
+    if model.self_token_critic:
+        model.critic_head(jnp.zeros((1, model.net.dim), model.net.dtype))
+    return out
+
+
 def _abstract_variables(model):
-    """``jax.eval_shape`` of ``model.init``: the boxed structure, shapes and dtypes, no compute."""
+    """``jax.eval_shape`` of an init: the variables' boxed structure, shapes and dtypes, no compute."""
     net = model.net if isinstance(model, SoundStorm) else model
     codes = jnp.zeros((1, 2, net.num_columns), jnp.int32)
     mask = jnp.ones((1, 2), bool)
     semantic = {} if net.num_semantic_token_ids is None else {"semantic_ids": jnp.zeros((1, 1), jnp.int32)}
-
-    def init():
-        key = jax.random.key(0)
-        if isinstance(model, SoundStorm):
-            return model.init({"params": key, "masking": key}, codes, mask, **semantic)
-        return model.init(key, codes, mask, **semantic)
-
-    return jax.eval_shape(init)
+    method = _touch_every_parameter if isinstance(model, SoundStorm) else None
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), codes, mask, method=method, **semantic))
 
 
 def _leaf_value(leaf):
