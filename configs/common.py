@@ -1,0 +1,67 @@
+"""The fields every config has, with their defaults; each config overrides some.
+
+Sections: model (ConformerWrapper fields), objective (SoundStorm fields), data
+(the grain pipeline + where the prepared codes dataset lives), optimizer,
+mesh (shape + logical-axis rules), checkpoint, logging.
+"""
+import ml_collections
+
+# Logical axis -> mesh axes. Tried in order; a mesh axis is used once per array,
+# so 'batch' (activations) claims 'data' and 'fsdp' first and parameters, which
+# have no batch axis, are sharded over 'fsdp' on 'embed'. With mesh sizes of 1
+# a rule is a no-op: the strategy is chosen by mesh.shape alone.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),      # FSDP on the model dimension (use ("mlp", "fsdp") to shard the FFN width instead)
+    ("heads", "tensor"),    # tensor parallel: attention heads,
+    ("mlp", "tensor"),      #   FFN / conv width,
+    ("vocab", "tensor"),    #   output vocabulary
+    ("length", None),
+    ("kv", None),
+    ("levels", None),
+    ("layers", None),
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 10_000
+
+    c.model = ml_collections.ConfigDict(dict(
+        codebook_size=1024, num_quantizers=12, grouped_quantizers=1,
+        num_semantic_token_ids=ml_collections.config_dict.placeholder(int),
+        semantic_pad_id=-1, acoustic_per_semantic=2.0,
+        dtype="bfloat16", param_dtype="float32",  # bf16 compute, fp32 master weights
+        conformer=ml_collections.ConfigDict(dict(dim=512, depth=2))))
+
+    c.objective = ml_collections.ConfigDict(dict(
+        steps=18, schedule="cosine", no_replace_prob=0.0, random_token_prob=0.0, label_smoothing=0.0,
+        self_cond=False, self_token_critic=False, cond_drop_prob=0.0))
+
+    c.data = ml_collections.ConfigDict(dict(
+        dir=ml_collections.config_dict.placeholder(str),  # prepared CodesDataset's data_dir (required)
+        train_split="train", eval_split="validation",
+        batch_size=8, eval_batch_size=ml_collections.config_dict.placeholder(int),
+        max_frames=512, frame_rate=50.0,
+        semantic_rate=ml_collections.config_dict.placeholder(float),
+        code_pad_value=0, num_threads=2, prefetch_buffer_size=4))
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        lr=3e-4, warmup_steps=1000, end_lr_factor=0.01, b1=0.9, b2=0.98, eps=1e-8,
+        weight_decay=0.01, clip_norm=1.0,
+        grad_accum_steps=1,  # microbatches per update (scan inside the step)
+        ema_decay=ml_collections.config_dict.placeholder(float)))  # e.g. 0.999; None = no EMA
+
+    c.mesh = ml_collections.ConfigDict(dict(
+        shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
+        rules=DEFAULT_RULES))
+
+    c.checkpoint = ml_collections.ConfigDict(dict(
+        every_steps=1000, keep=3, async_save=True))
+
+    c.logging = ml_collections.ConfigDict(dict(
+        every_steps=50, eval_every_steps=1000,
+        eval_batches=ml_collections.config_dict.placeholder(int),  # None = the whole split
+        peak_flops=ml_collections.config_dict.placeholder(float)))  # per device, for MFU
+    return c
