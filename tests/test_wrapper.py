@@ -119,3 +119,19 @@ def test_precomputed_condition_broadcasts_over_frames():
 def test_bad_configuration(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tiny_net(**kwargs)
+
+
+def test_every_parameter_has_logical_axis_names():
+    """The trainer shards by rules over these names: no parameter may be left unannotated."""
+    from soundstorm_jax import SoundStorm
+
+    net = tiny_net(grouped_quantizers=2, num_semantic_token_ids=10,
+                   conformer=dict(num_residual_streams=4, value_residual=True))
+    model = SoundStorm(net, self_cond=True, self_token_critic=True)
+    codes = random_codes(0, (1, 6, 6))
+    variables = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "masking": jax.random.key(1)},
+                                                  codes, semantic_ids=np.zeros((1, 3), np.int32)))
+    leaves = jax.tree.leaves(variables["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    unnamed = [leaf for leaf in leaves if not isinstance(leaf, nn.Partitioned)]
+    assert not unnamed, f"{len(unnamed)} parameters without logical axis names"
+    assert all(len(leaf.names) == leaf.value.ndim for leaf in leaves)
