@@ -383,7 +383,8 @@ def test_live_reference(name, tmp_path):
     """Rebuild the reference in-process (new seed), convert its torch tensors, compare, save and reload."""
     import torch
 
-    spec = importlib.util.spec_from_file_location("make_reference_fixtures", REPO / "tools" / "make_reference_fixtures.py")
+    script = REPO / "tools" / "make_reference_fixtures.py"
+    spec = importlib.util.spec_from_file_location("make_reference_fixtures", script)
     tools = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tools)
     index = list(tools.CONFIGS).index(name)

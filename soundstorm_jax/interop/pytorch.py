@@ -31,6 +31,7 @@ import numpy as np
 from flax import traverse_util
 
 from soundstorm_jax.maskgit.soundstorm import SoundStorm
+from soundstorm_jax.model.conformer import Conformer
 from soundstorm_jax.model.wrapper import ConformerWrapper
 
 # The reference's defaults where they matter to us (ours differ for several).
@@ -109,8 +110,8 @@ def config_from_reference(wrapper_kwargs: Mapping[str, Any], soundstorm_kwargs: 
             raise ValueError(f"semantic conditioning needs {missing} as well")
         semantic_seconds = semantic["wav2vec_downsample_factor"] / semantic["wav2vec_target_sample_hz"]
         acoustic_seconds = semantic["codec_downsample_factor"] / semantic["codec_target_sample_hz"]
-        net_kwargs.update(num_semantic_token_ids=int(semantic["num_semantic_token_ids"]),
-                          semantic_pad_id=int(-1 if semantic["semantic_pad_id"] is None else semantic["semantic_pad_id"]),
+        pad_id = -1 if semantic["semantic_pad_id"] is None else semantic["semantic_pad_id"]
+        net_kwargs.update(num_semantic_token_ids=int(semantic["num_semantic_token_ids"]), semantic_pad_id=int(pad_id),
                           acoustic_per_semantic=semantic_seconds / acoustic_seconds)
     return net_kwargs, model_kwargs
 
@@ -172,7 +173,8 @@ def _heads_rule(name, d, h, k, path, layer) -> _Rule:
 def _layer_rules(net: ConformerWrapper, i: int) -> list[_Rule]:
     cfg = {**_our_conformer_defaults(), **net.conformer}
     d, h, k = net.dim, int(cfg["heads"]), int(cfg["dim_head"])
-    s, inner, ff = int(cfg["num_residual_streams"]), net.dim * int(cfg["conv_expansion_factor"]), net.dim * int(cfg["ff_mult"])
+    s = int(cfg["num_residual_streams"])
+    inner, ff = d * int(cfg["conv_expansion_factor"]), d * int(cfg["ff_mult"])
     kernel_size = int(cfg["conv_kernel_size"])
     p, base = f"conformer.layers.{i}.", ("trunk", "layers")
 
@@ -228,8 +230,6 @@ def _layer_rules(net: ConformerWrapper, i: int) -> list[_Rule]:
 
 
 def _our_conformer_defaults() -> dict:
-    from soundstorm_jax.model.conformer import Conformer
-
     return {name: field.default for name, field in Conformer.__dataclass_fields__.items()
             if name in REFERENCE_CONFORMER_DEFAULTS or name in ("value_residual", "rotary_theta")}
 
@@ -248,7 +248,8 @@ def _wrapper_rules(net: ConformerWrapper) -> list[_Rule]:
     d, c, k, g = net.dim, net.num_columns, net.codebook_size, net.grouped_quantizers
     rules = [r for i in range(int(net.conformer["depth"])) for r in _layer_rules(net, i)]
     if g > 1:
-        rules += _linear("embedding_proj.0", g * d, d, ("group_proj",)) + _layer_norm("embedding_proj.1", d, ("group_norm",))
+        rules += _linear("embedding_proj.0", g * d, d, ("group_proj",))
+        rules += _layer_norm("embedding_proj.1", d, ("group_norm",))
     rules += [
         _same("code_embeds.weight", ((k + 1) * c, d), ("code_embed", "embedding")),
         _Rule("heads.0.weight", (c * d, d), ((("head_kernel",), None),),
@@ -305,7 +306,7 @@ def _to_numpy(value) -> np.ndarray:
 
 
 def _touch_every_parameter(model: SoundStorm, codes, mask, **semantic):
-    """One network pass plus the SoundStorm-level layers: creates every parameter, far cheaper to trace than the loss."""
+    """One network pass plus the SoundStorm-level layers: creates every parameter, cheaper to trace than the loss."""
     out = model.net(codes, mask, **semantic)
     if model.self_cond:
         model.self_cond_embedding(None)
@@ -371,6 +372,10 @@ def import_state_dict(state_dict: Mapping[str, Any], model) -> dict:
     abstract = _abstract_variables(model)
     leaves = traverse_util.flatten_dict(abstract["params"])
     values = {path: np.zeros(_leaf_value(leaf).shape, _leaf_value(leaf).dtype) for path, leaf in leaves.items()}
+    absent = sorted({"/".join(path) for rule in rules for path, _ in rule.targets if path not in values})
+    if absent:
+        raise ValueError(f"{type(model).__name__} has no parameters {absent}, which the converter fills: "
+                         "its parameter layout changed; update soundstorm_jax/interop/pytorch.py")
     filled = set()
     for rule in rules:
         for (path, layer), array in zip(rule.targets, rule.to_ours(arrays[rule.name])):
