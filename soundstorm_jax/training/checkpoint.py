@@ -1,0 +1,150 @@
+"""Orbax checkpoints: the TrainState, the data iterator's position and the model config.
+
+`workdir/checkpoints/<step>/` holds three items, written together:
+
+    state   the TrainState (sharded arrays; each host writes its shards)
+    data    the grain iterator's state (JSON), so a resumed run reads
+            exactly the batches it would have read
+    model   the parameter-defining `config.model` fields (JSON), checked
+            against the current config before anything is restored
+
+Saves are asynchronous (training continues while the arrays are written)
+and atomic: Orbax writes into a temporary directory and renames it when
+complete, so a run killed mid-save resumes from the previous complete step.
+Restoring targets ShapeDtypeStructs that carry the *current* mesh's
+NamedShardings, so a checkpoint written on 8 devices restores onto 4 or 1.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+from typing import Any, Mapping, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+from soundstorm_jax.training import factory
+from soundstorm_jax.training.state import TrainState
+
+CONFIG_FILE = "config.json"
+
+
+class Checkpointer:
+    """A `ocp.CheckpointManager` over `workdir/checkpoints` (see the module docstring).
+
+    Args:
+      workdir: the run's directory.
+      model_config: `config.model`; its signature is saved and checked.
+      every_steps: save when step % every_steps == 0 (and when forced).
+      keep: how many recent checkpoints to keep.
+      async_save: write in a background thread.
+    """
+
+    def __init__(self, workdir: str, model_config: Mapping[str, Any], *, every_steps: int, keep: int,
+                 async_save: bool = True):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.signature = factory.model_signature(model_config)
+        options = ocp.CheckpointManagerOptions(max_to_keep=int(keep), save_interval_steps=int(every_steps),
+                                               enable_async_checkpointing=bool(async_save), create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "data", "model"))
+
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state: TrainState, data_state: Optional[Mapping[str, Any]], *,
+             force: bool = False) -> bool:
+        """Starts saving (asynchronously) if `step` is due or `force`; returns whether it did.
+
+        `data_state` is the iterator's `get_state()` after `step` batches. Hosts
+        read the same number of batches, so host 0's position stands for all.
+        """
+        if not force and not self.manager.should_save(step):
+            return False
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=ocp.args.JsonSave(dict(data_state or {})),
+                                  model=ocp.args.JsonSave(self.signature))
+        return bool(self.manager.save(step, args=args, force=force))
+
+    def check_model(self, step: int) -> None:
+        """ValueError naming the fields where checkpoint `step`'s model differs from the config."""
+        saved = self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
+        factory.check_model_matches(saved, self.signature, where=f"{self.directory}/{step}")
+
+    def restore(self, abstract_state: TrainState, step: Optional[int] = None
+                ) -> tuple[TrainState, dict[str, Any], int]:
+        """(state, data_state, step) of checkpoint `step` (default: the latest).
+
+        `abstract_state` holds ShapeDtypeStructs with the target NamedShardings
+        (e.g. `Experiment.abstract_state`), so any mesh works.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        self.check_model(step)
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        return restored["state"], dict(restored["data"] or {}), step
+
+    def wait_until_finished(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def save_config(workdir: str, config: Any) -> str:
+    """Writes the run's full config to `workdir/config.json` (process 0) and returns the path."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(factory.to_dict(config), f, indent=2, sort_keys=True, default=str)
+        os.replace(tmp, path)
+    return path
+
+
+def check_saved_config(workdir: str, config: Any) -> None:
+    """ValueError if `workdir/config.json` describes a different model than `config`."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    factory.check_model_matches(factory.model_signature(saved.get("model", {})),
+                                factory.model_signature(config.model), where=workdir)
+
+
+class PreemptionFlag:
+    """Set by SIGTERM (preemptible VMs send it before stopping the machine).
+
+    The loop checks `flag.is_set()` once per step, saves a checkpoint and
+    exits; with several processes all of them agree (any host's signal counts).
+    """
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM: saving a checkpoint and stopping")
+        self._event.set()
+
+    def is_set(self) -> bool:
+        local = self._event.is_set()
+        if jax.process_count() == 1:
+            return local
+        from jax.experimental import multihost_utils
+        return bool(multihost_utils.process_allgather(jax.numpy.asarray(local)).any())
+
+    def restore_handler(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
