@@ -1,0 +1,75 @@
+"""Generation speed: one compiled demasking program, timed after compilation.
+
+    python benchmarks/bench_generate.py                    # README config on this machine
+    python benchmarks/bench_generate.py --configs readme,paper --repeats 3
+
+Prints one JSON object: per config the median seconds per generation, forward
+passes, frames generated per second, FLOPs per generation (XLA's count of one
+pass times the number of passes) and the achieved fraction of this machine's
+measured matmul peak.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import compiled_flops, machine, matmul_peak_flops, median_seconds  # noqa: E402
+
+from soundstorm_jax import ConformerWrapper, SoundStorm  # noqa: E402
+from soundstorm_jax.sampler import generate  # noqa: E402
+
+CONFIGS = {
+    # The seed README: dim 512, depth 2, 12 levels x 1024 codes; 2 x 1024 frames, 18 steps on level 0.
+    "readme": dict(conformer=dict(dim=512, depth=2), codebook_size=1024, num_quantizers=12,
+                   batch=2, frames=1024, steps=18),
+    # The paper: 12 layers, 16 heads, d 1024, ff 4096, conv kernel 5; 30 s at 50 Hz, (16, 1, ..., 1) steps.
+    "paper": dict(conformer=dict(dim=1024, depth=12, heads=16, dim_head=64, ff_mult=4, conv_kernel_size=5),
+                  codebook_size=1024, num_quantizers=12, batch=1, frames=1500, steps=16),
+}
+
+
+def bench(name: str, spec: dict, dtype, repeats: int, peak: float) -> dict:
+    net = ConformerWrapper(codebook_size=spec["codebook_size"], num_quantizers=spec["num_quantizers"],
+                           conformer=spec["conformer"], dtype=dtype)
+    model = SoundStorm(net, steps=spec["steps"])
+    b, n = spec["batch"], spec["frames"]
+    codes = jnp.zeros((b, n, net.num_columns), jnp.int32)
+    variables = jax.jit(model.init)({"params": jax.random.key(0), "masking": jax.random.key(1)}, codes)
+    passes = sum(model.level_steps)
+
+    run = lambda: generate(model, variables, n, batch_size=b, key=jax.random.key(2)).block_until_ready()
+    seconds, times = median_seconds(run, warmup=1, repeats=repeats)
+
+    # One pass: the trunk plus one level's head, as the sampler computes it.
+    columns = jnp.arange(net.grouped_quantizers) * net.num_quantizers
+    one_pass = lambda v, c: model.apply(v, c, jnp.ones((b, n), bool), columns, method=SoundStorm.decode_logits)
+    flops = compiled_flops(one_pass, variables, codes) * passes
+    return {
+        "config": name, "dtype": jnp.dtype(dtype).name, "batch": b, "frames": n, "steps": list(model.level_steps),
+        "forward_passes": passes, "seconds_per_generation": seconds, "all_seconds": times,
+        "frames_per_second": b * n / seconds, "flops_per_generation": flops,
+        "achieved_flops_per_second": flops / seconds, "fraction_of_matmul_peak": flops / seconds / peak,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="readme", help="comma-separated: " + ",".join(CONFIGS))
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    dtype = jnp.dtype(args.dtype)
+    peak = matmul_peak_flops(dtype=dtype)
+    results = [bench(name, CONFIGS[name], dtype, args.repeats, peak) for name in args.configs.split(",")]
+    print(json.dumps({"benchmark": "generate", "machine": machine(), "matmul_peak_flops_per_second": peak,
+                      "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
