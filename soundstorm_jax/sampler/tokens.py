@@ -43,11 +43,15 @@ def sample_tokens(keys: jax.Array, logits: jax.Array, temperature) -> tuple[jax.
     """Gumbel-max sampling at ``temperature`` (0 = argmax) from logits ``(b, ..., K)``.
 
     Returns the sampled ids and their log-probabilities under the (filtered)
-    distribution at temperature 1, the MaskGIT confidence.
+    distribution at temperature 1, the MaskGIT confidence. At temperature 0
+    no noise is drawn at all (a greedy pass skips the RNG, the costliest part
+    of sampling on CPU).
     """
-    noise = per_example_gumbel(keys, logits.shape[1:])
-    # argmax(l / T + g) == argmax(l + T g) for T > 0, and T = 0 gives the argmax.
-    sampled = jnp.argmax(logits + temperature * noise, axis=-1)
+    def noisy(logits):
+        # argmax(l / T + g) == argmax(l + T g) for T > 0.
+        return jnp.argmax(logits + temperature * per_example_gumbel(keys, logits.shape[1:]), axis=-1)
+
+    sampled = jax.lax.cond(temperature > 0, noisy, lambda l: jnp.argmax(l, axis=-1), logits)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     return sampled.astype(jnp.int32), jnp.take_along_axis(log_probs, sampled[..., None], axis=-1)[..., 0]
 
