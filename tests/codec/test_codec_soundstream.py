@@ -10,6 +10,7 @@ import pytest
 
 from codec_test_utils import FAST_COMPILE, SAMPLE_RATE, run_once, simple_audio, tiny_soundstream
 from soundstorm_jax.codec import SoundStream, SoundStreamCodec, codec_from_state
+from soundstorm_jax.codec.conv_layers import Conv1d, ConvTranspose1d
 
 
 def test_default_config_matches_the_paper():
@@ -92,20 +93,31 @@ def test_causal_codec_does_not_look_ahead(codec):
     assert np.abs(decoded[:, 10 * hop:] - decoded_changed[:, 10 * hop:]).max() > 1e-4
 
 
-def test_non_causal_codec_looks_ahead():
-    model = tiny_soundstream(causal=False, strides=(2, 2), attn_depth=0, rq_groups=1)
-    audio = simple_audio(np.random.default_rng(8), 1, 64)
-    changed = audio.copy()
-    changed[:, 32:] += 0.5
+@pytest.mark.parametrize("causal", [True, False])
+def test_conv_padding_keeps_length_and_causality(causal):
+    """Impulse responses of a strided conv and a transposed conv: lengths t/s and t*s, causal or centred."""
+    stride, t = 4, 32
+    down, up = Conv1d(2, 2 * stride, stride=stride, causal=causal), ConvTranspose1d(2, stride, causal=causal)
+    impulse = jnp.zeros((1, t, 1)).at[0, 16].set(1.0)
+    frames = jnp.zeros((1, t // stride, 1)).at[0, 4].set(1.0)
 
-    def run(audio, changed):
-        variables = model.init(jax.random.key(0), audio)
-        latents = lambda a: model.apply(variables, a, method='encode_latents')
-        return latents(audio), latents(changed)
+    def run(impulse, frames):
+        key = jax.random.key(0)
+        return (down.apply(down.init(key, impulse), impulse), up.apply(up.init(key, frames), frames))
 
-    before, after = map(np.asarray, run_once(run, jnp.asarray(audio), jnp.asarray(changed)))
-    # Frame 7 (samples 28-31) sees samples >= 32 through the centred padding.
-    assert np.abs(before[:, 7] - after[:, 7]).max() > 1e-6
+    y_down, y_up = run_once(run, impulse, frames)
+    assert y_down.shape == (1, t // stride, 2) and y_up.shape == (1, t * stride // stride, 2)
+    hit_down = np.flatnonzero(np.abs(np.asarray(y_down[0])).max(-1) > 0)
+    hit_up = np.flatnonzero(np.abs(np.asarray(y_up[0])).max(-1) > 0)
+    if causal:
+        # Output frame j sees samples < (j + 1) * stride only; sample 16 reaches frames 4 and 5.
+        assert hit_down.tolist() == [4, 5]
+        # Frame 4 reaches output samples [16, 24) and nothing earlier.
+        assert hit_up.min() == 16 and hit_up.max() < 24
+    else:
+        # Centred: sample 16 reaches frame 3 (looks ahead) and 4.
+        assert hit_down.tolist() == [3, 4]
+        assert hit_up.min() == 16 - stride // 2 and hit_up.max() < 24 + stride // 2
 
 
 BAD_AUDIO = [
