@@ -57,6 +57,12 @@ def base_config() -> ml_collections.ConfigDict:
         shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
         rules=DEFAULT_RULES))
 
+    # XLA options for the jitted steps; e.g. xla_backend_optimization_level=0
+    # compiles ~3x faster on a CPU (tests, smoke runs).
+    c.compiler_options = ml_collections.ConfigDict(dict(
+        xla_backend_optimization_level=ml_collections.config_dict.placeholder(int),
+        xla_llvm_disable_expensive_passes=ml_collections.config_dict.placeholder(bool)))
+
     c.checkpoint = ml_collections.ConfigDict(dict(
         every_steps=1000, keep=3, async_save=True))
 

@@ -82,11 +82,12 @@ def state_shardings(init_fn: Callable[[jax.Array], TrainState], rng: jax.Array, 
 
 
 def create_train_state(init_fn: Callable[[jax.Array], TrainState], seed: int, mesh: Mesh,
-                       rules: mesh_lib.Rules) -> tuple[TrainState, TrainState]:
+                       rules: mesh_lib.Rules, compiler_options: Optional[dict] = None) -> tuple[TrainState, TrainState]:
     """A fresh, sharded TrainState and its shardings. Same seed -> same values on any mesh."""
     rng = jax.random.PRNGKey(seed)
     _, shardings = state_shardings(init_fn, rng, mesh, rules)
-    state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings)(rng)
+    state = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings,
+                    compiler_options=compiler_options)(rng)
     return state, shardings
 
 

@@ -149,7 +149,7 @@ def train_step_fn(loss_fn: LossFn, tx: optax.GradientTransformation, *, accum_st
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
         grads, metrics = gradients(loss_fn, state.params, batch, rng, accum_steps, micro_sharding)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -179,7 +179,7 @@ class JitStep:
     """
 
     def __init__(self, fn: Callable, mesh: Mesh, rules: mesh_lib.Rules, *, in_shardings, out_shardings,
-                 donate_argnums=(), mesh_context: bool = True):
+                 donate_argnums=(), mesh_context: bool = True, compiler_options: Optional[dict] = None):
         self.mesh, self.rules, self.traces, self.mesh_context = mesh, rules, 0, mesh_context
 
         def traced(*args):
@@ -188,7 +188,7 @@ class JitStep:
                 return fn(*args)
 
         self._jitted = jax.jit(traced, in_shardings=in_shardings, out_shardings=out_shardings,
-                               donate_argnums=donate_argnums)
+                               donate_argnums=donate_argnums, compiler_options=compiler_options)
 
     def _context(self):
         # The mesh context turns the model's logical activation constraints on;
@@ -236,22 +236,24 @@ def constraints_supported(loss_fn: LossFn, abstract_params: Any, abstract_batch:
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, shardings: TrainState, mesh: Mesh,
                     rules: mesh_lib.Rules, batch_keys, *, accum_steps: int = 1, ema_decay: Optional[float] = None,
-                    schedule: Optional[optax.Schedule] = None, mesh_context: bool = True) -> JitStep:
+                    schedule: Optional[optax.Schedule] = None, mesh_context: bool = True,
+                    compiler_options: Optional[dict] = None) -> JitStep:
     """The train step jitted with explicit shardings and the state donated."""
     micro = NamedSharding(mesh, P(None, mesh_lib.batch_axes(rules) or None))
     fn = train_step_fn(loss_fn, tx, accum_steps=accum_steps, ema_decay=ema_decay, schedule=schedule,
                        micro_sharding=micro if accum_steps > 1 else None)
     return JitStep(fn, mesh, rules, in_shardings=(shardings, batch_shardings(mesh, rules, batch_keys)),
                    out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=(0,),
-                   mesh_context=mesh_context)
+                   mesh_context=mesh_context, compiler_options=compiler_options)
 
 
 def make_eval_step(loss_fn: LossFn, param_shardings: Any, mesh: Mesh, rules: mesh_lib.Rules, batch_keys, *,
-                   mesh_context: bool = True) -> JitStep:
+                   mesh_context: bool = True, compiler_options: Optional[dict] = None) -> JitStep:
     """(params, batch, rng) -> metrics; `loss_fn` should be deterministic (no dropout)."""
     def evaluate(params, batch, rng):
         loss, metrics = loss_fn(params, batch, rng)
         return dict(metrics, loss=loss)
     return JitStep(evaluate, mesh, rules,
                    in_shardings=(param_shardings, batch_shardings(mesh, rules, batch_keys), NamedSharding(mesh, P())),
-                   out_shardings=NamedSharding(mesh, P()), mesh_context=mesh_context)
+                   out_shardings=NamedSharding(mesh, P()), mesh_context=mesh_context,
+                   compiler_options=compiler_options)
