@@ -95,7 +95,8 @@ class SoundStorm(nn.Module):
     def setup(self):
         d = self.net.dim
         if self.self_cond:
-            self.null_embed = self.param("null_embed", partitioned(nn.initializers.normal(1.0), ("embed",)), (d,))
+            self.null_embed = self.param("null_embed", partitioned(nn.initializers.normal(1.0), ("embed",)), (d,),
+                                         self.net.param_dtype)
             self.to_self_cond = nn.Dense(d, use_bias=False, dtype=self.net.dtype, param_dtype=self.net.param_dtype,
                                          kernel_init=partitioned(default_kernel_init, ("embed", "mlp")))
         if self.self_token_critic:
