@@ -47,6 +47,7 @@ class Checkpointer:
                  async_save: bool = True):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.signature = factory.model_signature(model_config)
+        self.every_steps = int(every_steps)
         options = ocp.CheckpointManagerOptions(max_to_keep=int(keep), save_interval_steps=int(every_steps),
                                                enable_async_checkpointing=bool(async_save), create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
@@ -65,12 +66,13 @@ class Checkpointer:
         `data_state` is the iterator's `get_state()` after `step` batches. Hosts
         read the same number of batches, so host 0's position stands for all.
         """
-        if not force and not self.manager.should_save(step):
+        # Our own interval: Orbax would also save the first step it sees.
+        if (not force and step % self.every_steps) or step == self.manager.latest_step():
             return False
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=ocp.args.JsonSave(dict(data_state or {})),
                                   model=ocp.args.JsonSave(self.signature))
-        return bool(self.manager.save(step, args=args, force=force))
+        return bool(self.manager.save(step, args=args, force=True))
 
     def check_model(self, step: int) -> None:
         """ValueError naming the fields where checkpoint `step`'s model differs from the config."""

@@ -27,6 +27,12 @@ class MetricsWriter:
         self.enabled = jax.process_index() == 0
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
+            # A run killed mid-write leaves a partial line; start the resumed run on a new one.
+            if os.path.exists(self.path) and os.path.getsize(self.path):
+                with open(self.path, "rb+") as f:
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        f.write(b"\n")
 
     def write(self, record: Mapping[str, Any]) -> None:
         if not self.enabled:
