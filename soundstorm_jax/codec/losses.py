@@ -18,6 +18,13 @@ def _mean(values: Sequence[jax.Array]) -> jax.Array:
     return sum(values) / len(values)
 
 
+def _safe_norm(x: jax.Array) -> jax.Array:
+    """L2 norm over the last axis, exactly 0 at 0 with a finite (zero) gradient there."""
+    sq = jnp.sum(x * x, axis=-1)
+    positive = sq > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+
+
 def hinge_discriminator_loss(real_logits: Sequence[jax.Array], fake_logits: Sequence[jax.Array]) -> jax.Array:
     """``mean_d [ mean relu(1 - D(x)) + mean relu(1 + D(G(x))) ]``."""
     return _mean([jnp.mean(jax.nn.relu(1.0 - r)) + jnp.mean(jax.nn.relu(1.0 + f))
@@ -52,6 +59,6 @@ def multiscale_mel_loss(target: jax.Array, estimate: jax.Array, sample_rate: int
         m_e = mel_spectrogram(estimate, sample_rate, s, s // 4, bins)
         l1 = jnp.mean(jnp.abs(m_t - m_e))
         log_diff = jnp.log(m_t + eps) - jnp.log(m_e + eps)
-        l2_log = jnp.mean(jnp.sqrt(jnp.sum(log_diff ** 2, axis=-1) + eps))
+        l2_log = jnp.mean(_safe_norm(log_diff))
         per_scale.append(l1 + jnp.sqrt(s / 2.0) * l2_log)
     return _mean(per_scale)

@@ -93,10 +93,16 @@ def make_optimizer(config: CodecTrainConfig) -> optax.GradientTransformation:
 
 
 def init_codec_train_state(config: CodecTrainConfig, rng: jax.Array, sample_audio: jax.Array) -> CodecTrainState:
-    """Fresh state; ``sample_audio (b t)`` fixes only shapes (k-means runs on the first training batch)."""
+    """Fresh state; ``sample_audio (b t)`` fixes only shapes (k-means runs on the first training batch).
+
+    Pure and traceable: ``jax.eval_shape(partial(init_codec_train_state, config), rng, audio)`` gives the
+    state's shapes, and ``jax.jit(partial(init_codec_train_state, config), out_shardings=...)`` initialises
+    it sharded. Called eagerly, it compiles its one-off program without backend optimisation passes,
+    which dominate its compile time (one random draw per parameter leaf) and buy nothing for one run.
+    """
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((rng, sample_audio))):
+        return _init(config, rng, sample_audio)
     sample_audio = jnp.asarray(sample_audio, jnp.float32)
-    # The init program runs once, so skip the backend's optimisation passes: they dominate its
-    # compile time (one random draw per parameter leaf) and buy nothing for a single run.
     init = jax.jit(_init, static_argnums=0).lower(config, rng, sample_audio).compile(
         compiler_options={'xla_backend_optimization_level': 0})
     return init(rng, sample_audio)

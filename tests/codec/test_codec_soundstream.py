@@ -19,18 +19,18 @@ def test_default_config_matches_the_paper():
     assert model.num_quantizers == 12 and model.codebook_size == 1024 and model.num_code_columns == 12
 
 
-@pytest.mark.parametrize("strides, length, groups, causal, attn_depth", [
-    ((2, 2), 1, 1, True, 0),
-    ((2, 2), 37, 1, False, 1),
-    ((2, 4), 64, 2, True, 1),
-    ((2, 4), 65, 2, False, 0),
-    ((3, 5), 149, 1, True, 1),
-    ((2, 4, 5), 1000, 2, False, 0),
+@pytest.mark.parametrize("strides, length, groups, causal, attn_depth, dtype", [
+    ((2, 2), 1, 1, True, 0, jnp.float32),
+    ((2, 2), 37, 1, False, 1, jnp.float32),
+    ((2, 4), 64, 2, True, 1, jnp.bfloat16),
+    ((2, 4), 65, 2, False, 0, jnp.float32),
+    ((3, 5), 149, 1, True, 1, jnp.float32),
+    ((2, 4, 5), 1000, 2, False, 0, jnp.bfloat16),
 ])
-def test_shapes_for_strides_and_lengths(strides, length, groups, causal, attn_depth):
+def test_shapes_for_strides_and_lengths(strides, length, groups, causal, attn_depth, dtype):
     """Traced only (no compile): shapes of init, encode, decode and the training forward."""
     model = tiny_soundstream(strides=strides, rq_groups=groups, causal=causal, attn_depth=attn_depth,
-                             attn_window_size=3)
+                             attn_window_size=3, dtype=dtype)
     hop = math.prod(strides)
     frames = -(-length // hop)
     audio = jax.ShapeDtypeStruct((3, length), jnp.float32)
@@ -48,6 +48,8 @@ def test_shapes_for_strides_and_lengths(strides, length, groups, causal, attn_de
     assert out.audio.shape == (3, length) and out.codes.shape == (3, frames, groups * model.num_quantizers)
     assert out.num_levels.shape == (3,) and out.commit_loss.shape == ()
     assert model.hop_length == hop and model.num_frames(length) == frames
+    # Parameters stay float32 whatever the compute dtype.
+    assert {p.dtype for p in jax.tree.leaves(variables['params'])} == {jnp.dtype(jnp.float32)}
 
 
 @pytest.fixture(scope="module")

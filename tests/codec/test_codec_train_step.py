@@ -85,3 +85,17 @@ def test_discriminator_structure():
     assert len(raw_feats) == 4  # input conv, 2 strided convs, final conv
     # STFT (n_fft 128, hop 32): 1 + 1024 // 32 frames, 65 bins halved by 3 stride-2 layers.
     assert stft_logits.shape == (2, 33, 9) and len(stft_feats) == 5
+
+
+def test_init_is_traceable_for_sharded_initialisation():
+    """The trainer gets the state's shapes without running anything (then jits it with out_shardings)."""
+    import functools
+    from codec_test_utils import tiny_train_config
+    from soundstorm_jax.codec import init_codec_train_state
+    config = tiny_train_config()
+    shapes = jax.eval_shape(functools.partial(init_codec_train_state, config), jax.random.key(0),
+                            jax.ShapeDtypeStruct((2, 256), jnp.float32))
+    assert shapes.config is config and shapes.step.shape == ()
+    assert set(shapes.params) == {'generator', 'discriminator'}
+    embed = shapes.vq_stats['quantizer']['rvqs_1']['levels_2']['embed']
+    assert embed.shape == (32, 8)  # codebook_size x (dim / groups)
