@@ -1,0 +1,142 @@
+"""train.py end to end: trains, evaluates, checkpoints; killed runs resume exactly."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, tiny_config
+
+from soundstorm_jax.training import inputs
+
+STEPS = 10
+ARGS = ["--config.total_steps=%d" % STEPS, "--config.checkpoint.every_steps=2", "--config.checkpoint.keep=2",
+        "--config.logging.eval_every_steps=5", "--config.model.conformer.depth=1", "--config.data.max_frames=16",
+        "--config.compiler_options.xla_backend_optimization_level=0",
+        "--config.compiler_options.xla_llvm_disable_expensive_passes=True"]
+
+
+def command(workdir, codes_dir):
+    return [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs", "tiny.py"),
+            "--workdir", str(workdir), f"--config.data.dir={codes_dir}"] + ARGS
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"  # A 2-way data-parallel mesh.
+    env["JAX_PLATFORMS"] = "cpu"
+    # Later runs load the first run's executables: same programs, less CPU time.
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    return env
+
+
+def records(workdir):
+    path = os.path.join(workdir, "metrics.jsonl")
+    out = []
+    if os.path.exists(path):
+        for line in open(path).read().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # The line a SIGKILL cut short.
+    return out
+
+
+def train_records(workdir):
+    return [r for r in records(workdir) if "loss" in r]
+
+
+def complete_checkpoints(workdir):
+    folder = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+
+
+def kill_when(workdir, codes_dir, env, ready, timeout=240):
+    """Starts train.py and SIGKILLs it as soon as ready() holds (polled every 5 ms)."""
+    with open(os.path.join(workdir, "killed.log"), "ab") as log:
+        proc = subprocess.Popen(command(workdir, codes_dir), env=env, stdout=log, stderr=log)
+        deadline = time.time() + timeout
+        while proc.poll() is None and time.time() < deadline:
+            if ready():
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return proc.returncode
+
+
+def run(workdir, codes_dir, env):
+    result = subprocess.run(command(workdir, codes_dir), env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, codes_dir, env):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = run(workdir, codes_dir, env)
+    return str(workdir), result
+
+
+@pytest.mark.slow
+def test_train_py_trains_evaluates_and_checkpoints(reference):
+    workdir, result = reference
+    train = train_records(workdir)
+    assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+    assert all(len(r["level_accuracy"]) == 3 and r["tokens_per_s"] > 0 and r["nonfinite_count"] == 0
+               for r in train)
+    assert train[-1]["loss"] < train[0]["loss"] + 0.5  # finite and sane
+    evals = [r for r in records(workdir) if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [5, 10] and evals[0]["eval_num_targets"] > 0
+    assert complete_checkpoints(workdir) == [8, 10]
+    assert json.load(open(os.path.join(workdir, "config.json")))["model"]["num_quantizers"] == 3
+    assert '"step": 1' in result.stdout  # JSON lines on stdout too.
+
+
+@pytest.mark.slow
+def test_killed_runs_resume_and_reproduce_the_losses_exactly(tmp_path, reference, codes_dir, env):
+    expected = {r["step"]: r["loss"] for r in train_records(reference[0])}
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+
+    def saving():  # Kill while a checkpoint is being written (its temporary folder exists).
+        return os.path.isdir(checkpoints) and any("tmp" in n for n in os.listdir(checkpoints))
+
+    kill_when(workdir, codes_dir, env, saving)
+    first = complete_checkpoints(workdir)
+    at_step = random.Random(0).randint(max(first, default=0) + 2, STEPS - 1)
+    kill_when(workdir, codes_dir, env, lambda: any(r["step"] >= at_step for r in train_records(workdir)))
+    second = complete_checkpoints(workdir)
+    logged_before_final = len(train_records(workdir))
+    run(workdir, codes_dir, env)
+
+    train = train_records(workdir)
+    # Every logged loss, before and after the kills, is the uninterrupted run's loss for that step.
+    for r in train:
+        assert r["loss"] == expected[r["step"]], r["step"]
+    final = [r["step"] for r in train[logged_before_final:]]
+    assert final == list(range(max(second, default=0) + 1, STEPS + 1))  # From the last complete checkpoint.
+    assert set(r["step"] for r in train) == set(range(1, STEPS + 1))
+    assert complete_checkpoints(workdir) == [8, 10]
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    config = tiny_config()
+    with pytest.raises(ValueError, match="config.data.dir is not set"):
+        inputs.open_codes_dataset(None, config.model)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        inputs.open_codes_dataset(str(tmp_path / "nope"), config.model)
+    with pytest.raises(FileNotFoundError, match="holds no prepared codes dataset"):
+        inputs.open_codes_dataset(str(tmp_path), config.model)
+
+
+def test_dataset_levels_must_match_the_model(codes_dir):
+    config = tiny_config()
+    config.model.num_quantizers = 4
+    with pytest.raises(ValueError, match="has 3 levels but the model expects 4"):
+        inputs.open_codes_dataset(codes_dir, config.model)
