@@ -12,15 +12,16 @@ from soundstorm_jax.codec.residual_vq import GroupedResidualVQ, QuantizerOutput,
 from soundstorm_jax.codec.soundstream import SoundStream, SoundStreamCodec, SoundStreamOutput
 from soundstorm_jax.codec.spectral import mel_filterbank, mel_spectrogram, stft
 from soundstorm_jax.codec.train_step import (CodecTrainConfig, CodecTrainState, codec_eval_step, codec_from_state,
-                                             codec_train_step, init_codec_train_state, make_optimizer)
-from soundstorm_jax.codec.vector_quantizer import VectorQuantizer, kmeans
+                                             codec_losses, codec_train_step, init_codec_train_state,
+                                             make_optimizer)
+from soundstorm_jax.codec.vector_quantizer import VectorQuantizer, kmeans, kmeans_plus_plus
 
 __all__ = [
     "CodecDiscriminator", "CodecTrainConfig", "CodecTrainState", "GroupedResidualVQ", "LocalTransformer",
     "MultiResolutionSTFTDiscriminator", "MultiScaleDiscriminator", "QuantizerOutput", "ResidualVQ",
     "STFTDiscriminator", "SoundStream", "SoundStreamCodec", "SoundStreamOutput", "VectorQuantizer",
     "WaveDiscriminator", "check_audio", "check_codes", "check_length", "check_sample_rate", "codec_eval_step",
-    "codec_from_state", "codec_train_step", "draw_num_levels", "feature_matching_loss", "hinge_discriminator_loss",
-    "hinge_generator_loss", "init_codec_train_state", "kmeans", "local_attention", "make_optimizer",
-    "mel_filterbank", "mel_spectrogram", "multiscale_mel_loss", "stft",
+    "codec_from_state", "codec_losses", "codec_train_step", "draw_num_levels", "feature_matching_loss",
+    "hinge_discriminator_loss", "hinge_generator_loss", "init_codec_train_state", "kmeans", "kmeans_plus_plus",
+    "local_attention", "make_optimizer", "mel_filterbank", "mel_spectrogram", "multiscale_mel_loss", "stft",
 ]

@@ -118,11 +118,12 @@ class MultiResolutionSTFTDiscriminator(nn.Module):
     resolutions: Sequence[tuple[int, int]] = ((1024, 256), (2048, 512), (512, 128))
     channels: int = 32
     max_channels: int = 1024
+    dilations: Sequence[int] = (1, 2, 4)
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, audio: jax.Array) -> DiscriminatorOutput:
-        return [STFTDiscriminator(n_fft, hop, self.channels, self.max_channels, dtype=self.dtype,
+        return [STFTDiscriminator(n_fft, hop, self.channels, self.max_channels, self.dilations, dtype=self.dtype,
                                   name=f'stft_{n_fft}_{hop}')(audio)
                 for n_fft, hop in self.resolutions]
 
@@ -139,6 +140,7 @@ class CodecDiscriminator(nn.Module):
     stft_resolutions: Sequence[tuple[int, int]] = ((1024, 256), (2048, 512), (512, 128))
     stft_channels: int = 32
     stft_max_channels: int = 1024
+    stft_dilations: Sequence[int] = (1, 2, 4)
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -149,7 +151,8 @@ class CodecDiscriminator(nn.Module):
                                                self.wave_downsample, self.dtype, name='multi_scale')(audio)
         if self.stft_resolutions:
             outputs += MultiResolutionSTFTDiscriminator(self.stft_resolutions, self.stft_channels,
-                                                        self.stft_max_channels, self.dtype, name='stft')(audio)
+                                                        self.stft_max_channels, self.stft_dilations, self.dtype,
+                                                        name='stft')(audio)
         if not outputs:
             raise ValueError("CodecDiscriminator needs num_scales > 0 or at least one stft resolution")
         return outputs

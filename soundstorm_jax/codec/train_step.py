@@ -23,9 +23,11 @@ total ``generator_loss + discriminator_loss`` is differentiated once w.r.t. both
 parameter groups: the generator's adversarial and feature-matching terms see
 the discriminator parameters through ``stop_gradient`` and the discriminator's
 hinge loss sees ``stop_gradient(reconstruction)`` (scored together with the real
-audio in one batch), so each group gets exactly
-the gradient of its own loss. ``optax.multi_transform`` then applies one Adam
-per group.
+audio in one batch), so each group gets exactly the gradient of its own loss
+(``codec_losses`` returns the two losses separately). ``optax.multi_transform``
+then applies one clipped Adam per group, each wrapped in ``optax.flatten``:
+the optimizer state holds one flat vector per group (replicate it, or shard
+it along its single axis).
 """
 from __future__ import annotations
 
@@ -124,37 +126,45 @@ def _split_batch(outputs, n: int):
     return first, second
 
 
+def codec_losses(config: CodecTrainConfig, params, vq_stats, audio: jax.Array, rng: jax.Array, step: jax.Array):
+    """Generator and discriminator losses of one batch -> ``(g_loss, d_loss, (metrics, new_vq_stats))``.
+
+    ``d_loss`` depends on the generator parameters only through ``stop_gradient`` and
+    ``g_loss`` on the discriminator parameters only through ``stop_gradient``, so
+    ``grad(g_loss + d_loss)`` gives each group the gradient of its own loss.
+    """
+    gen, disc = config.codec, config.discriminator
+    adversarial_on = (step >= config.adversarial_start_step).astype(jnp.float32)
+    out, updated = gen.apply({'params': params['generator'], 'vq_stats': vq_stats}, audio, train=True,
+                             mutable=['vq_stats'], rngs={'vq': rng})
+    fake = out.audio
+    # Real and detached fake in one batch: the discriminator's own pass.
+    both = disc.apply({'params': params['discriminator']},
+                      jnp.concatenate([audio, jax.lax.stop_gradient(fake)], axis=0))
+    real_scores, fake_scores_d = _split_batch(both, audio.shape[0])
+    fake_scores_g = disc.apply({'params': jax.lax.stop_gradient(params['discriminator'])}, fake)
+
+    d_loss = losses.hinge_discriminator_loss([r for r, _ in real_scores], [f for f, _ in fake_scores_d])
+    adv = losses.hinge_generator_loss([f for f, _ in fake_scores_g])
+    fm = losses.feature_matching_loss([r for _, r in real_scores], [f for _, f in fake_scores_g])
+    mel = losses.multiscale_mel_loss(audio, fake, gen.target_sample_hz, config.mel_scales, config.mel_bins)
+    g_loss = (config.mel_weight * mel + config.commitment_weight * out.commit_loss
+              + adversarial_on * (config.adversarial_weight * adv + config.feature_matching_weight * fm))
+    metrics = {'generator_loss': g_loss, 'discriminator_loss': d_loss, 'mel_loss': mel,
+               'commit_loss': out.commit_loss, 'adversarial_loss': adv, 'feature_matching_loss': fm,
+               'waveform_l1': jnp.mean(jnp.abs(audio - fake)),
+               'levels_used': jnp.mean(out.num_levels.astype(jnp.float32))}
+    return g_loss, d_loss, (metrics, updated['vq_stats'])
+
+
 def codec_train_step(state: CodecTrainState, audio: jax.Array, rng: jax.Array) -> tuple[CodecTrainState, dict]:
     """One update of generator, discriminators and EMA codebooks. audio ``(b t)`` -> (new state, scalar metrics)."""
-    cfg = state.config
-    gen, disc = cfg.codec, cfg.discriminator
-    sr = gen.target_sample_hz
-    adversarial_on = (state.step >= cfg.adversarial_start_step).astype(jnp.float32)
+    def total_loss(params):
+        g_loss, d_loss, aux = codec_losses(state.config, params, state.vq_stats, audio, rng, state.step)
+        return g_loss + d_loss, aux
 
-    def loss_fn(params):
-        out, updated = gen.apply({'params': params['generator'], 'vq_stats': state.vq_stats}, audio, train=True,
-                                 mutable=['vq_stats'], rngs={'vq': rng})
-        fake = out.audio
-        # Real and detached fake in one batch: the discriminator's own pass.
-        both = disc.apply({'params': params['discriminator']},
-                          jnp.concatenate([audio, jax.lax.stop_gradient(fake)], axis=0))
-        real_scores, fake_scores_d = _split_batch(both, audio.shape[0])
-        fake_scores_g = disc.apply({'params': jax.lax.stop_gradient(params['discriminator'])}, fake)
-
-        d_loss = losses.hinge_discriminator_loss([r for r, _ in real_scores], [f for f, _ in fake_scores_d])
-        adv = losses.hinge_generator_loss([f for f, _ in fake_scores_g])
-        fm = losses.feature_matching_loss([r for _, r in real_scores], [f for _, f in fake_scores_g])
-        mel = losses.multiscale_mel_loss(audio, fake, sr, cfg.mel_scales, cfg.mel_bins)
-        g_loss = (cfg.mel_weight * mel + cfg.commitment_weight * out.commit_loss
-                  + adversarial_on * (cfg.adversarial_weight * adv + cfg.feature_matching_weight * fm))
-        metrics = {'generator_loss': g_loss, 'discriminator_loss': d_loss, 'mel_loss': mel,
-                   'commit_loss': out.commit_loss, 'adversarial_loss': adv, 'feature_matching_loss': fm,
-                   'waveform_l1': jnp.mean(jnp.abs(audio - fake)),
-                   'levels_used': jnp.mean(out.num_levels.astype(jnp.float32))}
-        return g_loss + d_loss, (metrics, updated['vq_stats'])
-
-    grads, (metrics, vq_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = make_optimizer(cfg).update(grads, state.opt_state, state.params)
+    grads, (metrics, vq_stats) = jax.grad(total_loss, has_aux=True)(state.params)
+    updates, opt_state = make_optimizer(state.config).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics['generator_grad_norm'] = optax.tree.norm(grads['generator'])
     metrics['discriminator_grad_norm'] = optax.tree.norm(grads['discriminator'])

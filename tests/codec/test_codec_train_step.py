@@ -99,3 +99,31 @@ def test_init_is_traceable_for_sharded_initialisation():
     assert set(shapes.params) == {'generator', 'discriminator'}
     embed = shapes.vq_stats['quantizer']['rvqs_1']['levels_2']['embed']
     assert embed.shape == (32, 8)  # codebook_size x (dim / groups)
+
+
+def test_each_parameter_group_gets_only_its_own_loss_gradient():
+    """The generator loss has no gradient w.r.t. the discriminators and vice versa."""
+    import dataclasses
+    from codec_test_utils import tiny_soundstream, tiny_train_config
+    from soundstorm_jax.codec import CodecDiscriminator, codec_losses, init_codec_train_state
+    config = dataclasses.replace(
+        tiny_train_config(),
+        codec=tiny_soundstream(strides=(2,), channels=4, dim=8, rq_groups=1, rq_num_quantizers=2, attn_depth=0),
+        discriminator=CodecDiscriminator(num_scales=1, wave_channels=4, wave_max_channels=8, wave_downsample=(4,),
+                                         stft_resolutions=((64, 16),), stft_channels=2, stft_max_channels=4,
+                                         stft_dilations=(1,)),
+        adversarial_start_step=0, mel_scales=(64,))
+    audio = jnp.asarray(simple_audio(np.random.default_rng(3), 2, 256))
+    state = init_codec_train_state(config, jax.random.key(0), audio)
+
+    def grads(params, vq_stats, audio, key):
+        # One forward pass, two backward passes (vmapped): rows are grad(g_loss) and grad(d_loss).
+        both, vjp = jax.vjp(lambda p: codec_losses(config, p, vq_stats, audio, key, jnp.asarray(1))[:2], params)
+        return jax.vmap(vjp)((jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0])))[0]
+
+    per_loss = run_once(grads, state.params, state.vq_stats, audio, jax.random.key(1))
+    g_only, d_only = jax.tree.map(lambda x: x[0], per_loss), jax.tree.map(lambda x: x[1], per_loss)
+    zero = lambda t: all(np.all(np.asarray(x) == 0) for x in jax.tree.leaves(t))
+    # By linearity grad(g + d) = grad(g) + grad(d); with no cross terms each group sees only its own loss.
+    assert zero(g_only['discriminator']) and zero(d_only['generator'])
+    assert not zero(g_only['generator']) and not zero(d_only['discriminator'])
