@@ -13,8 +13,9 @@ def test_training_lowers_mel_reconstruction_loss(trained_codec):
     _, _, history, eval_after_first, eval_final = trained_codec
     mel = np.array([m['mel_loss'] for m in history])
     first, last = mel[:5].mean(), mel[-5:].mean()
-    assert last < 0.6 * first, f"mel loss went from {first:.2f} (first 5 steps) to {last:.2f} (last 5)"
-    assert eval_final < 0.6 * eval_after_first, (eval_after_first, eval_final)
+    # Seen here: about 195 -> 105 over 40 steps (x0.54) and 203 -> 100 on held-out audio (x0.49).
+    assert last < 0.7 * first, f"mel loss went from {first:.2f} (first 5 steps) to {last:.2f} (last 5)"
+    assert eval_final < 0.65 * eval_after_first, (eval_after_first, eval_final)
 
 
 def test_all_training_metrics_finite_and_adversarial_terms_active(trained_codec):
