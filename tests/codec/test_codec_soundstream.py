@@ -124,7 +124,8 @@ def test_conv_padding_keeps_length_and_causality(causal):
 
 BAD_AUDIO = [
     (np.full((2, 50), np.nan, np.float32), "audio must be finite"),
-    (np.concatenate([np.zeros((1, 9)), [[np.inf]]], axis=1).astype(np.float32), r"found inf at \(batch, sample\) \(0, 9\)"),
+    (np.concatenate([np.zeros((1, 9)), [[np.inf]]], axis=1).astype(np.float32),
+     r"found inf at \(batch, sample\) \(0, 9\)"),
     (np.zeros(50, np.float32), r"shape \(batch, samples\).*audio\[None\]"),
     (np.zeros((1, 1, 50), np.float32), r"audio must have shape \(batch, samples\)"),
     (np.zeros((2, 0), np.float32), "at least one example and one sample"),
