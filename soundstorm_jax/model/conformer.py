@@ -64,6 +64,39 @@ class FeedForward(nn.Module):
         return 0.5 * x
 
 
+class HeadProjection(nn.Module):
+    """``(b, n, d) -> (b, n, h, k)`` without bias; the kernel is declared 3-d so its axis names always fit."""
+
+    heads: int
+    dim_head: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+        kernel = self.param("kernel", partitioned(init, ("embed", "heads", "kv")),
+                            (x.shape[-1], self.heads, self.dim_head), self.param_dtype)
+        return jnp.einsum("bnd,dhk->bnhk", x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class HeadMerge(nn.Module):
+    """``(b, n, h, k) -> (b, n, d)`` with bias: the attention output projection."""
+
+    dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+        kernel = self.param("kernel", partitioned(init, ("heads", "kv", "embed")), x.shape[-2:] + (self.dim,),
+                            self.param_dtype)
+        bias = self.param("bias", partitioned(nn.initializers.zeros_init(), ("embed",)), (self.dim,),
+                          self.param_dtype)
+        return jnp.einsum("bnhk,hkd->bnd", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
 class Attention(nn.Module):
     """Pre-norm multi-head self-attention with rotary positions and a key-padding mask.
 
@@ -88,8 +121,7 @@ class Attention(nn.Module):
         Returns the output ``(b, n, d)`` and this layer's values ``(b, n, h, k)``.
         """
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        proj = functools.partial(nn.DenseGeneral, features=(self.heads, self.dim_head), use_bias=False,
-                                 kernel_init=partitioned(default_kernel_init, ("embed", "heads", "kv")), **kw)
+        proj = functools.partial(HeadProjection, self.heads, self.dim_head, **kw)
         x = layer_norm(**kw, name="norm")(x)
         q, k, v = proj(name="query")(x), proj(name="key")(x), proj(name="value")(x)
 
@@ -104,9 +136,7 @@ class Attention(nn.Module):
         q = constrain(q, ("batch", "length", "heads", "kv"))
         k = constrain(k, ("batch", "length", "heads", "kv"))
         out = self._attend(q, k, v, mask)
-        out = nn.DenseGeneral(self.dim, axis=(-2, -1), **kw,
-                              kernel_init=partitioned(default_kernel_init, ("heads", "kv", "embed")),
-                              bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)), name="out")(out)
+        out = HeadMerge(self.dim, **kw, name="out")(out)
         return out, v
 
     def _attend(self, q, k, v, mask):
