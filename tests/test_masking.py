@@ -53,7 +53,7 @@ def test_masked_inputs_hide_exactly_the_right_tokens(groups):
     mask = jnp.asarray(padding_mask(lengths, n))
     codes = random_codes(0, (2, n, levels * groups))
     fn = jax.jit(jax.vmap(lambda key: masked_inputs(
-        codes, mask, d := draw_training_mask(key, mask, levels, groups, cosine_schedule),
+        codes, mask, draw_training_mask(key, mask, levels, groups, cosine_schedule),
         jnp.full((2, n, groups), MASK_ID), MASK_ID, levels, groups)))
     keys = jax.random.split(jax.random.key(1), 100)
     inputs = np.asarray(fn(keys))

@@ -133,7 +133,7 @@ class SoundStorm(nn.Module):
         self.check_inputs(codes, mask, semantic_ids, cond)
         net = self.net
         b, n, _ = codes.shape
-        q_levels, groups, k = net.num_quantizers, net.grouped_quantizers, net.codebook_size
+        q_levels, groups = net.num_quantizers, net.grouped_quantizers
         codes = jnp.asarray(codes, jnp.int32)
         mask = jnp.ones((b, n), bool) if mask is None else jnp.asarray(mask)
 

@@ -25,7 +25,6 @@ from soundstorm_jax.model.layers import (
     Dtype,
     apply_rotary,
     constrain,
-    default_kernel_init,
     dense,
     layer_norm,
     partitioned,

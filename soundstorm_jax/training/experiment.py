@@ -70,15 +70,11 @@ def build(config: Any, mesh: Mesh, *, loss_fn: Optional[step_lib.LossFn] = None)
     init_fn = state_lib.make_init_fn(model, tx, inputs, use_ema=ema_decay is not None)
     abstract, shardings = state_lib.state_shardings(init_fn, jax.random.PRNGKey(int(config.seed)), mesh, rules)
     batch_keys = tuple(inputs)
-    global_inputs = {k: jax.ShapeDtypeStruct((int(config.data.batch_size) // accum,) + v.shape[1:], v.dtype)
-                     for k, v in inputs.items()}
-    constraints = step_lib.constraints_supported(step_lib.model_loss_fn(model), abstract.params, global_inputs,
-                                                 mesh, rules)
     train_step = step_lib.make_train_step(loss_fn or step_lib.model_loss_fn(model), tx, shardings, mesh, rules,
                                           batch_keys, accum_steps=accum, ema_decay=ema_decay, schedule=schedule,
-                                          mesh_context=constraints, compiler_options=options)
+                                          compiler_options=options)
     eval_step = step_lib.make_eval_step(step_lib.model_loss_fn(model, deterministic=True), shardings.params,
-                                        mesh, rules, batch_keys, mesh_context=constraints,
+                                        mesh, rules, batch_keys,
                                         compiler_options=options)
     return Experiment(config, model, mesh, rules, tx, schedule, init_fn, abstract, shardings, batch_keys,
                       train_step, eval_step)

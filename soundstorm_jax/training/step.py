@@ -18,7 +18,6 @@ written into every checkpoint.
 from __future__ import annotations
 
 import contextlib
-import logging
 from typing import Any, Callable, Mapping, Optional
 
 import flax.linen as nn
@@ -210,28 +209,6 @@ class JitStep:
 def batch_shardings(mesh: Mesh, rules: mesh_lib.Rules, keys) -> dict[str, NamedSharding]:
     sharding = mesh_lib.batch_sharding(mesh, rules)
     return {k: sharding for k in keys}
-
-
-def constraints_supported(loss_fn: LossFn, abstract_params: Any, abstract_batch: Batch, mesh: Mesh,
-                          rules: mesh_lib.Rules) -> bool:
-    """Whether the loss traces with the model's activation constraints switched on.
-
-    Flax's parameter shape check re-runs initialisers during `apply`; an
-    `nn.DenseGeneral` with multi-axis features and a logically partitioned
-    kernel then constrains its *flat* init kernel with the names of the 3-D
-    one and fails under `jax.set_mesh`. Such a model still trains correctly
-    with the constraints off (shardings then come from the jit boundaries).
-    """
-    if mesh.size == 1:
-        return False  # Nothing to constrain on one device.
-    try:
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            jax.eval_shape(loss_fn, abstract_params, abstract_batch, jax.random.PRNGKey(0))
-    except ValueError as e:
-        logging.warning("model activation constraints disabled (jit in/out shardings only): %s",
-                        str(e).splitlines()[0][:300])
-        return False
-    return True
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, shardings: TrainState, mesh: Mesh,
