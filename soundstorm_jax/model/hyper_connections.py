@@ -80,7 +80,9 @@ class HyperConnection(nn.Module):
         normed = self._rmsnorm(streams32)
         alpha = jnp.tanh(normed @ self.dynamic_alpha) * self.dynamic_alpha_scale + self.static_alpha
         beta = jnp.tanh(normed @ self.dynamic_beta) * self.dynamic_beta_scale + self.static_beta
-        mixed = jnp.einsum("bnst,bnsd->bntd", alpha, streams32)
+        # s and s + 1 are tiny: broadcast multiply-adds fuse, where a batched
+        # (b n)-many 4x5 matmul would not (measured 10x slower backward on CPU).
+        mixed = sum(alpha[:, :, i, :, None] * streams32[:, :, i, None, :] for i in range(self.num_streams))
         branch_input, residuals = mixed[:, :, 0, :], mixed[:, :, 1:, :]
 
         def write(branch_output: jax.Array) -> jax.Array:
