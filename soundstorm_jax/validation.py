@@ -15,6 +15,10 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def is_floating(x) -> bool:
+    return np.issubdtype(_dtype(x), np.floating)
+
+
 def _dtype(x) -> np.dtype:
     return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
 

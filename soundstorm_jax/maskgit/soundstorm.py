@@ -17,13 +17,47 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from soundstorm_jax import validation
+from soundstorm_jax.codec.checks import check_audio
 from soundstorm_jax.maskgit.masking import TrainingMask, draw_training_mask, masked_inputs
 from soundstorm_jax.maskgit.schedules import Schedule, get_schedule
 from soundstorm_jax.model.layers import default_kernel_init, partitioned
 from soundstorm_jax.model.wrapper import ConformerWrapper
+
+
+def check_codec_matches(codec, net: ConformerWrapper) -> None:
+    """The codec must produce the codes the network reads: say which of levels, codebook size, groups differ."""
+    pairs = {
+        "codebook_size": (codec.codebook_size, net.codebook_size),
+        "num_quantizers": (codec.num_quantizers, net.num_quantizers),
+        "groups": (getattr(codec, "rq_groups", getattr(codec, "groups", 1)), net.grouped_quantizers),
+    }
+    differ = [f"{name}: codec {ours} != network {theirs}" for name, (ours, theirs) in pairs.items() if ours != theirs]
+    if differ:
+        raise ValueError("the codec does not match the ConformerWrapper: " + "; ".join(differ))
+
+
+def attach_codec_variables(variables, codec_variables):
+    """Put a trained codec's variables (``params``, ``vq_stats``, ...) into a SoundStorm's, under ``'codec'``.
+
+    Returns a new dict; the codec collections must have the structure
+    ``model.init`` created (same codec configuration).
+    """
+    out = {name: dict(collection) for name, collection in variables.items()}
+    for name, collection in codec_variables.items():
+        if name not in out or "codec" not in out[name]:
+            raise ValueError(f"the SoundStorm variables have no codec collection {name!r}; "
+                             f"was the model built with codec=...?")
+        expected, given = nn.unbox(out[name]["codec"]), nn.unbox(collection)
+        same_tree = jax.tree.structure(expected) == jax.tree.structure(given)
+        if not same_tree or [np.shape(x) for x in jax.tree.leaves(expected)] != [
+                np.shape(x) for x in jax.tree.leaves(given)]:
+            raise ValueError(f"codec variables {name!r} do not match the attached codec's structure")
+        out[name]["codec"] = collection
+    return out
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -50,6 +84,14 @@ class SoundStorm(nn.Module):
         network, trained to tell sampled-wrong tokens among the targets.
       cond_drop_prob: drop the conditioning of this fraction of examples
         (enables classifier-free guidance at generation).
+      codec: a codec module (e.g. ``codec.SoundStream``) with ``encode``,
+        ``decode``, ``codebook_size``, ``num_quantizers``, ``hop_length`` and
+        ``target_sample_hz``: the loss then also takes raw audio (codes are
+        computed inside the step, with no gradient into the codec) and
+        ``generate`` takes ``seconds=`` and returns waveforms. Its variables
+        live under ``'codec'``; put a trained codec's there
+        (:func:`attach_codec_variables`).
+      soundstream: the seed's name for ``codec``.
     """
 
     net: ConformerWrapper
@@ -63,9 +105,18 @@ class SoundStorm(nn.Module):
     self_token_critic: bool = False
     critic_loss_weight: float = 1.0
     cond_drop_prob: float = 0.0
+    codec: Any = None
+    soundstream: Any = None
 
     def __post_init__(self):
         get_schedule(self.schedule)
+        if self.soundstream is not None:
+            if self.codec is not None:
+                raise ValueError("give the codec once: codec= or soundstream= (the seed's name), not both")
+            object.__setattr__(self, "codec", self.soundstream)
+            object.__setattr__(self, "soundstream", None)
+        if self.codec is not None:
+            check_codec_matches(self.codec, self.net)
         steps = self.steps
         if isinstance(steps, (list, tuple)):
             steps = tuple(int(s) for s in steps)
@@ -107,8 +158,20 @@ class SoundStorm(nn.Module):
     def check_inputs(self, codes, mask=None, semantic_ids=None, cond=None) -> None:
         """Raise ``ValueError`` for malformed training inputs (see :mod:`soundstorm_jax.validation`)."""
         net = self.net
+        if validation.is_floating(codes):
+            if self.codec is None:
+                raise ValueError("codes are floating point, i.e. raw audio, but no codec is attached; "
+                                 "pass integer codes or SoundStorm(net, codec=...)")
+            check_audio(codes, name="audio")
+            frames = -(-np.shape(codes)[1] // self.codec.hop_length)
+            if mask is not None:
+                validation.check_mask(mask, (np.shape(codes)[0], frames))
+            return self._check_conditioning(np.shape(codes)[0], frames, semantic_ids, cond)
         validation.check_codes(codes, codebook_size=net.codebook_size, num_columns=net.num_columns, mask=mask)
-        b, n, _ = codes.shape
+        self._check_conditioning(codes.shape[0], codes.shape[1], semantic_ids, cond)
+
+    def _check_conditioning(self, b, n, semantic_ids, cond) -> None:
+        net = self.net
         if semantic_ids is not None:
             validation.check_semantic_ids(semantic_ids, batch=b, num_semantic_token_ids=net.num_semantic_token_ids,
                                           pad_id=net.semantic_pad_id)
@@ -132,6 +195,14 @@ class SoundStorm(nn.Module):
         """
         self.check_inputs(codes, mask, semantic_ids, cond)
         net = self.net
+        if self.codec is not None:
+            if self.is_initializing():
+                # Create all the codec's variables (encoder and decoder), so the tree has a place for trained ones.
+                self.codec.decode(jnp.zeros((1, 1, net.num_columns), jnp.int32))
+                self.codec.encode(jnp.zeros((1, self.codec.hop_length), jnp.float32))
+            if validation.is_floating(codes):
+                # Tokenise inside the step; the codec is frozen.
+                codes = jax.lax.stop_gradient(self.codec.encode(jnp.asarray(codes, jnp.float32)))
         b, n, _ = codes.shape
         q_levels, groups = net.num_quantizers, net.grouped_quantizers
         codes = jnp.asarray(codes, jnp.int32)
@@ -167,10 +238,16 @@ class SoundStorm(nn.Module):
         metrics["critic_loss"] = critic_loss
         return loss + self.critic_loss_weight * critic_loss, metrics
 
+    def decode_audio(self, codes: jax.Array) -> jax.Array:
+        """Codes ``(b, n, c)`` -> audio ``(b, n * hop)`` through the attached codec."""
+        return self.codec.decode(codes)
+
     def generate(self, variables, num_frames: int | None = None, **kwargs):
         """Generate codes ``(batch, frames, levels)``; see :func:`soundstorm_jax.sampler.generate`.
 
-        ``model.generate(variables, 1024, batch_size=2, key=key)``.
+        ``model.generate(variables, 1024, batch_size=2, key=key)``; with a codec
+        attached, ``model.generate(variables, seconds=30, batch_size=2, key=key)``
+        returns a list of waveforms.
         """
         from soundstorm_jax.sampler import generate  # the sampler imports this module
 

@@ -153,7 +153,15 @@ def prepare_inputs(model, num_frames: int | None = None, *, key, batch_size: int
     """
     net = model.net
     if seconds is not None:
-        raise ValueError("seconds= needs a codec attached to SoundStorm; pass num_frames instead")
+        if model.codec is None:
+            raise ValueError("seconds= needs a codec attached to SoundStorm (SoundStorm(net, codec=...)); "
+                             "pass num_frames instead")
+        if num_frames is not None:
+            raise ValueError("give num_frames or seconds, not both")
+        if not (np.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+        # As the seed: frames = seconds * sample rate // samples per frame.
+        num_frames = max(1, int(seconds * model.codec.target_sample_hz // model.codec.hop_length))
     level_steps = resolve_steps(model.steps if steps is None else steps, net.num_quantizers)
     b, n, valid = _frame_lengths(num_frames, batch_size, lengths, mask, semantic_ids, net)
     prompt, fixed = _prompt_tokens(prompt, b, valid, net)
@@ -200,8 +208,18 @@ def prepare_inputs(model, num_frames: int | None = None, *, key, batch_size: int
                 scalars=scalars, num_frames=n)
 
 
-def generate(model, variables, num_frames: int | None = None, *, pad_value: int = -1, **options):
+@partial(jax.jit, static_argnames=("model",))
+def _decode_audio(model, variables, codes):
+    return model.apply(variables, codes, method=type(model).decode_audio)
+
+
+def generate(model, variables, num_frames: int | None = None, *, pad_value: int = -1, decode_audio=None,
+             return_codes: bool = False, **options):
     """Generate codes ``(batch, frames, levels)`` with a trained :class:`SoundStorm`.
+
+    With a codec attached (and ``decode_audio`` not False) returns a list of
+    float32 waveforms, one per example, trimmed to its length (valid frames x
+    hop); ``return_codes=True`` returns ``(waveforms, codes)``.
 
     Options (keyword arguments of :func:`prepare_inputs`, which checks them):
       model, variables: the ``SoundStorm`` module and its variables.
@@ -229,7 +247,15 @@ def generate(model, variables, num_frames: int | None = None, *, pad_value: int 
     """
     inputs = prepare_inputs(model, num_frames, **options)
     n = inputs.pop("num_frames")
-    return _program(model, pad_value=int(pad_value), variables=variables, **inputs)[:, :n]
+    if decode_audio and model.codec is None:
+        raise ValueError("decode_audio=True needs a codec attached to SoundStorm")
+    codes = _program(model, pad_value=int(pad_value), variables=variables, **inputs)[:, :n]
+    if model.codec is None or decode_audio is False:
+        return codes
+    audio = np.asarray(_decode_audio(model, variables, codes))
+    lengths = np.asarray(inputs["valid"])[:, :n].sum(axis=1) * model.codec.hop_length
+    waveforms = [audio[i, :length] for i, length in enumerate(lengths)]
+    return (waveforms, codes) if return_codes else waveforms
 
 
 def _example_keys(key, b: int) -> jax.Array:
