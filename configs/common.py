@@ -25,6 +25,7 @@ DEFAULT_RULES = (
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.kind = "soundstorm"  # The model train.py trains: 'soundstorm' or 'codec' (configs/codec_*.py).
     c.seed = 0
     c.total_steps = 10_000
 

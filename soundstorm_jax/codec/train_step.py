@@ -25,9 +25,10 @@ the discriminator parameters through ``stop_gradient`` and the discriminator's
 hinge loss sees ``stop_gradient(reconstruction)`` (scored together with the real
 audio in one batch), so each group gets exactly the gradient of its own loss
 (``codec_losses`` returns the two losses separately). ``optax.multi_transform``
-then applies one clipped Adam per group, each wrapped in ``optax.flatten``:
-the optimizer state holds one flat vector per group (replicate it, or shard
-it along its single axis).
+then applies one clipped Adam per group, by default wrapped in ``optax.flatten``:
+the optimizer state then holds one flat vector per group (replicate it, or shard
+it along its single axis); ``flatten_optimizer=False`` keeps one state array per
+parameter, which FSDP shards exactly like the parameter.
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ class CodecTrainConfig:
     Loss = ``mel_weight * mel + commitment_weight * commit + adversarial_weight * adv_G
     + feature_matching_weight * fm`` for the generator (the last two from step
     ``adversarial_start_step`` on) and the hinge loss for the discriminators.
+    ``flatten_optimizer``: Adam state as one flat vector per group (cheap to compile; shardable only
+    along that one axis) or one array per parameter (shaped like it: FSDP shards it like the parameter).
     """
     codec: SoundStream = dataclasses.field(default_factory=SoundStream)
     discriminator: CodecDiscriminator = dataclasses.field(default_factory=CodecDiscriminator)
@@ -66,6 +69,7 @@ class CodecTrainConfig:
     adversarial_weight: float = 1.0
     feature_matching_weight: float = 3.0
     adversarial_start_step: int = 0
+    flatten_optimizer: bool = True
 
 
 class CodecTrainState(flax.struct.PyTreeNode):
@@ -85,7 +89,7 @@ def make_optimizer(config: CodecTrainConfig) -> optax.GradientTransformation:
             opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
         # One flat vector per group: a handful of fused ops instead of several per parameter leaf,
         # which makes the update far cheaper to compile (and to run) for conv nets with many small leaves.
-        return optax.flatten(opt)
+        return optax.flatten(opt) if config.flatten_optimizer else opt
 
     def labels(params):
         return {group: jax.tree.map(lambda _: group, tree) for group, tree in params.items()}

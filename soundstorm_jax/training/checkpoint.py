@@ -121,6 +121,10 @@ def check_saved_config(workdir: str, config: Any) -> None:
         return
     with open(path) as f:
         saved = json.load(f)
+    kinds = saved.get("kind") or "soundstorm", config.get("kind", None) or "soundstorm"
+    if kinds[0] != kinds[1]:
+        raise ValueError(f"{workdir} holds a {kinds[0]!r} run but config.kind is {kinds[1]!r}; "
+                         f"use another --workdir")
     factory.check_model_matches(factory.model_signature(saved.get("model", {})),
                                 factory.model_signature(config.model), where=workdir)
 

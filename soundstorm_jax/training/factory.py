@@ -16,7 +16,8 @@ from soundstorm_jax.data import PipelineConfig, config_from_dict
 
 # Compute-only fields: changing them keeps the parameters valid (bf16 <-> fp32
 # compute, remat, attention kernel, scan unrolling).
-RUNTIME_FIELDS = ("dtype", "conformer.remat_policy", "conformer.attention_impl", "conformer.scan_layers")
+RUNTIME_FIELDS = ("dtype", "conformer.remat_policy", "conformer.attention_impl", "conformer.scan_layers",
+                  "generator.dtype", "discriminator.dtype")  # The last two: the codec (config.kind='codec').
 PIPELINE_KEYS = ("batch_size", "max_frames", "frame_rate", "semantic_rate", "code_pad_value",
                  "num_threads", "prefetch_buffer_size")
 
