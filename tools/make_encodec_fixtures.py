@@ -26,10 +26,15 @@ It writes two files:
   defaults have exactly its layout.
 
 Parameters are perturbed so that nothing trivial hides a mapping mistake: every weight-norm gain
-``weight_g`` is scaled by a random factor in [0.5, 1.5] (so folding ``g * v / |v|`` matters), and
+``weight_g`` (the norm of each output channel's kernel) is drawn from [0.75, 1.25] -- PyTorch's
+initial ``|v|`` is about 0.58, which shrinks the signal at every layer until the decoder's output
+is its biases alone and hardly depends on the codes; unit-size kernels keep activations near
+unit scale, so every layer shows in the output. LSTM weights are doubled for the same reason, and
 the codebooks -- all zero in an untrained model, whose k-means initialisation runs only on the
 first training batch -- get Gaussian codes with the per-dimension mean and spread of each level's
-residual on the input (so frames pick different codes), with ``inited`` set to 1. ``build_reference`` and ``perturb`` are also used by the live test.
+residual on the input (so frames pick different codes), with ``inited`` set to 1.
+``make_audio``, ``build_reference``, ``perturb`` and ``reference_outputs`` also serve the live test
+in ``tests/codec/test_encodec.py``.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ import torch
 SAMPLE_RATE = 24000
 BANDWIDTHS = (1.5, 6.0)
 SHORT_SAMPLES = 500  # 2 frames: the bottleneck convolutions then pad more than the input is long
+LSTM_SCALE = 2.0  # PyTorch's LSTM init is weak next to the skip connection; stronger weights make it matter
 SMALL = dict(dimension=32, n_filters=4, target_bandwidths=(1.5, 3.0, 6.0))
 
 
@@ -84,7 +90,9 @@ def perturb(model, audio: np.ndarray, seed: int = 0) -> None:
     gen = torch.Generator().manual_seed(seed + 1)
     for name, p in model.named_parameters():
         if name.endswith('weight_g'):
-            p.mul_(0.5 + torch.rand(p.shape, generator=gen))
+            p.copy_(0.75 + 0.5 * torch.rand(p.shape, generator=gen))
+        elif '.lstm.' in name:
+            p.mul_(LSTM_SCALE)
     residual = model.encoder(torch.from_numpy(audio)[:, None])  # (b, d, n)
     for layer in model.quantizer.vq.layers:
         book = layer._codebook

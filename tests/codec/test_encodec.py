@@ -62,7 +62,9 @@ def test_codes_and_audio_match_the_reference(fixture, codec, bandwidth, levels):
     assert decoded.shape == audio_ref.shape == (2, 22 * 320)
     err = np.abs(decoded - audio_ref).max()
     assert err < TOLERANCE, f"max abs error {err:.2e} at {bandwidth} kbps"
-    assert np.abs(audio_ref).max() > 10 * TOLERANCE  # the comparison is not between near-zero signals
+    # The decoded audio depends on the codes (the fixture's weights keep every layer visible in the output).
+    other = fixture[f'decoded/{1.5 if bandwidth == 6.0 else 6.0}']
+    assert min(np.abs(audio_ref[0] - audio_ref[1]).mean(), np.abs(audio_ref - other).mean()) > 100 * TOLERANCE
     trimmed = np.asarray(at_bw.decode(codes_ref, length=7000))
     np.testing.assert_array_equal(trimmed, decoded[:, :7000])
 
