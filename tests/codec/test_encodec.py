@@ -186,7 +186,7 @@ def test_unsupported_bandwidth_is_refused(codec):
         EnCodecCodec(EnCodec(bandwidth=2.0), codec.variables)
 
 
-def test_live_parity_with_the_encodec_package():
+def test_live_parity_with_the_encodec_package(tmp_path):
     """The real 24 kHz model (random weights, fixed seed, perturbed as for the fixture) against ours."""
     torch = pytest.importorskip('torch', reason='the live comparison needs torch')
     pytest.importorskip('encodec', reason='the live comparison needs the encodec package')
@@ -205,3 +205,8 @@ def test_live_parity_with_the_encodec_package():
         np.testing.assert_array_equal(np.asarray(at_bw.encode(audio)), codes_ref)
         err = np.abs(np.asarray(at_bw.decode(codes_ref)) - audio_ref).max()
         assert err < TOLERANCE, f"max abs error {err:.2e} at {bandwidth} kbps"
+    # The same weights through a checkpoint file read with torch.load.
+    torch.save(state_dict, tmp_path / 'encodec_24khz.th')
+    from_file = import_encodec_state_dict(tmp_path / 'encodec_24khz.th', EnCodec())['params']
+    for a, b in zip(jax.tree.leaves(from_file), jax.tree.leaves(codec.variables['params'])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
