@@ -258,7 +258,8 @@ ARGS = ["--config.compiler_options.xla_backend_optimization_level=0",
         "--config.compiler_options.xla_llvm_disable_expensive_passes=True",
         "--config.model.generator.strides=(2, 2)", "--config.data.segment_samples=1024",
         "--config.checkpoint.every_steps=2", "--config.logging.every_steps=1", "--config.logging.eval_every_steps=4",
-        "--config.loss.adversarial_start_step=2"]
+        "--config.loss.adversarial_start_step=2", "--config.loss.mel_scales=(64,)",
+        "--config.model.discriminator.num_scales=1", "--config.model.discriminator.stft_dilations=(1,)"]
 
 
 def train_py(workdir, data_dir, steps, env):
