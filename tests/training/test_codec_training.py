@@ -254,6 +254,20 @@ def test_audio_dataset_at_another_rate_is_refused(tmp_path):
         task.open_data()
 
 
+def test_without_a_data_dir_the_codec_trains_on_the_embedded_corpus(tmp_path, monkeypatch):
+    from soundstorm_jax.data import espeak_is_available
+    if not espeak_is_available():
+        pytest.skip("eSpeak NG (espeakng-loader) is not installed")
+    monkeypatch.setenv("SOUNDSTORM_JAX_CACHE", str(tmp_path))  # A fresh build (seconds), not the user's cache.
+    task = make_task((1, 1, 1), codec_config())
+    assert task.config.data.dir is None
+    builder = task.open_data()
+    assert int(builder.info.metadata["sample_rate"]) == SAMPLE_RATE and str(tmp_path) in str(builder.data_dir)
+    batch = next(task.train_iterator(builder))
+    assert batch["audio"].shape == (8, 512) and batch["audio"].dtype == np.float32
+    assert np.abs(batch["audio"]).max() > 0.01  # Speech, not padding.
+
+
 ARGS = ["--config.compiler_options.xla_backend_optimization_level=0",
         "--config.compiler_options.xla_llvm_disable_expensive_passes=True",
         "--config.model.generator.strides=(2, 2)", "--config.data.segment_samples=1024",
