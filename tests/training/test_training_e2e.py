@@ -125,6 +125,31 @@ def test_killed_runs_resume_and_reproduce_the_losses_exactly(tmp_path, reference
     assert complete_checkpoints(workdir) == [8, 10]
 
 
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_at_the_current_step_and_resumes(tmp_path, reference, codes_dir, env):
+    """A preemptible VM's SIGTERM: the run saves where it is, exits cleanly, and resumes exactly."""
+    expected = {r["step"]: r["loss"] for r in train_records(reference[0])}
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "terminated.log"), "ab") as log:
+        proc = subprocess.Popen(command(workdir, codes_dir), env=env, stdout=log, stderr=log)
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline and not any(
+                r["step"] >= 3 for r in train_records(workdir)):
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=240) == 0
+    stopped = max(r["step"] for r in train_records(workdir))
+    assert 3 <= stopped < STEPS
+    assert stopped in complete_checkpoints(workdir), "no checkpoint at the step the run stopped"
+    logged = len(train_records(workdir))
+    run(workdir, codes_dir, env)
+    train = train_records(workdir)
+    assert [r["step"] for r in train[logged:]] == list(range(stopped + 1, STEPS + 1))
+    for r in train:
+        assert r["loss"] == expected[r["step"]], r["step"]
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path):
     config = tiny_config()
     with pytest.raises(ValueError, match="config.data.dir is not set"):
