@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import compiled_flops, machine, matmul_peak_flops, median_seconds  # noqa: E402
+from common import forward_flops, machine, matmul_peak_flops, median_seconds  # noqa: E402
 
 from soundstorm_jax import ConformerWrapper, SoundStorm  # noqa: E402
 from soundstorm_jax.sampler import generate  # noqa: E402
@@ -34,9 +34,9 @@ CONFIGS = {
 }
 
 
-def bench(name: str, spec: dict, dtype, repeats: int, peak: float) -> dict:
+def bench(name: str, spec: dict, dtype, repeats: int, peak: float, attention: str) -> dict:
     net = ConformerWrapper(codebook_size=spec["codebook_size"], num_quantizers=spec["num_quantizers"],
-                           conformer=spec["conformer"], dtype=dtype)
+                           conformer=dict(spec["conformer"], attention_impl=attention), dtype=dtype)
     model = SoundStorm(net, steps=spec["steps"])
     b, n = spec["batch"], spec["frames"]
     codes = jnp.zeros((b, n, net.num_columns), jnp.int32)
@@ -46,12 +46,11 @@ def bench(name: str, spec: dict, dtype, repeats: int, peak: float) -> dict:
     run = lambda: generate(model, variables, n, batch_size=b, key=jax.random.key(2)).block_until_ready()
     seconds, times = median_seconds(run, warmup=1, repeats=repeats)
 
-    # One pass: the trunk plus one level's head, as the sampler computes it.
-    columns = jnp.arange(net.grouped_quantizers) * net.num_quantizers
-    one_pass = lambda v, c: model.apply(v, c, jnp.ones((b, n), bool), columns, method=SoundStorm.decode_logits)
-    flops = compiled_flops(one_pass, variables, codes) * passes
+    # One pass computes the trunk plus one level's head (analytic: XLA counts a scanned layer stack once).
+    flops = forward_flops(**spec["conformer"], codebook_size=net.codebook_size, heads_computed=net.grouped_quantizers,
+                          batch=b, frames=n) * passes
     return {
-        "config": name, "dtype": jnp.dtype(dtype).name, "batch": b, "frames": n, "steps": list(model.level_steps),
+        "config": name, "dtype": jnp.dtype(dtype).name, "attention_impl": attention, "batch": b, "frames": n, "steps": list(model.level_steps),
         "forward_passes": passes, "seconds_per_generation": seconds, "all_seconds": times,
         "frames_per_second": b * n / seconds, "flops_per_generation": flops,
         "achieved_flops_per_second": flops / seconds, "fraction_of_matmul_peak": flops / seconds / peak,
@@ -63,10 +62,13 @@ def main() -> None:
     parser.add_argument("--configs", default="readme", help="comma-separated: " + ",".join(CONFIGS))
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--attention", default="einsum" if jax.default_backend() == "cpu" else "xla",
+                        choices=["xla", "einsum", "cudnn"], help="attention_impl (einsum is fastest on CPU)")
     args = parser.parse_args()
     dtype = jnp.dtype(args.dtype)
     peak = matmul_peak_flops(dtype=dtype)
-    results = [bench(name, CONFIGS[name], dtype, args.repeats, peak) for name in args.configs.split(",")]
+    results = [bench(name, CONFIGS[name], dtype, args.repeats, peak, args.attention)
+               for name in args.configs.split(",")]
     print(json.dumps({"benchmark": "generate", "machine": machine(), "matmul_peak_flops_per_second": peak,
                       "results": results}, indent=2))
 

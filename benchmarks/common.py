@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: timing, the machine's matmul peak, FLOP counts from XLA."""
+"""Shared benchmark helpers: timing, the machine's matmul peak, analytic FLOP counts."""
 from __future__ import annotations
 
 import os
@@ -29,14 +29,6 @@ def matmul_peak_flops(size: int = 2048, dtype=jnp.float32, repeats: int = 5) -> 
     matmul = jax.jit(lambda a, b: a @ b)
     seconds, _ = median_seconds(lambda: matmul(a, b).block_until_ready(), warmup=2, repeats=repeats)
     return 2 * size ** 3 / seconds
-
-
-def compiled_flops(fn, *args) -> float:
-    """FLOPs XLA counts for one call of ``jax.jit(fn)(*args)`` (no loops inside ``fn``)."""
-    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return float(cost.get("flops", float("nan")))
 
 
 def machine() -> dict:

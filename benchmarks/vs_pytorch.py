@@ -38,8 +38,9 @@ CONFORMER = dict(dim=512, depth=2, num_residual_streams=4)
 K, Q, B, N, STEPS = 1024, 12, 2, 1024, 18
 
 
-def ours(parts, repeats, warmup):
-    net = ConformerWrapper(codebook_size=K, num_quantizers=Q, conformer=dict(CONFORMER, value_residual=True))
+def ours(parts, repeats, warmup, attention):
+    net = ConformerWrapper(codebook_size=K, num_quantizers=Q,
+                           conformer=dict(CONFORMER, value_residual=True, attention_impl=attention))
     model = SoundStorm(net, steps=STEPS, schedule="cosine")
     codes = jax.random.randint(jax.random.key(0), (B, N, Q), 0, K)
     variables = jax.jit(model.init)({"params": jax.random.key(1), "masking": jax.random.key(2)}, codes)
@@ -88,13 +89,15 @@ def main() -> None:
     parser.add_argument("--parts", default="forward,train,generate")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--attention", default="einsum" if jax.default_backend() == "cpu" else "xla",
+                        choices=["xla", "einsum", "cudnn"], help="our attention_impl (einsum is fastest on CPU)")
     args = parser.parse_args()
     if not args.reference_python:
         parser.error("name the reference's interpreter with --reference-python or SOUNDSTORM_REFERENCE_PYTHON")
     parts = args.parts.split(",")
 
     jax_peak = matmul_peak_flops()
-    mine = ours(parts, args.repeats, args.warmup)
+    mine = ours(parts, args.repeats, args.warmup, args.attention)
     theirs = reference(args.reference_python, mine.pop("model"), mine.pop("variables"), mine.pop("codes"), parts,
                        args.repeats, args.warmup)
     peak = max(jax_peak, theirs["matmul_peak_flops_per_second"])
@@ -108,7 +111,7 @@ def main() -> None:
         "train": (3 * one_head, 3 * all_heads),
         "generate": (passes * one_head, passes * all_heads),
     }
-    report = {"benchmark": "vs_pytorch", "machine": machine(), "config": shape | {"levels": Q, "steps": STEPS},
+    report = {"benchmark": "vs_pytorch", "machine": machine(), "config": shape | {"levels": Q, "steps": STEPS, "attention_impl": args.attention},
               "matmul_peak_flops_per_second": {"jax": jax_peak, "torch": theirs["matmul_peak_flops_per_second"]},
               "torch": theirs["torch"], "torch_threads": theirs["threads"]}
     for part in parts:
