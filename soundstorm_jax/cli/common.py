@@ -1,0 +1,157 @@
+"""What every subcommand shares: the error type, the output, audio files and codecs.
+
+Exit codes (see `main`): 0 success, 2 bad input (`CliError`, `ValueError`, a
+missing file), 1 anything unexpected.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Iterable, Optional
+
+import numpy as np
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class CliError(ValueError):
+    """Bad input from the command line; the message says what is wrong and how to fix it."""
+
+
+class Output:
+    """Human-readable lines on stdout, or (with --json) one JSON object per command.
+
+    Progress bars (tqdm, on stderr) are shown unless --quiet.
+    """
+
+    def __init__(self, *, quiet: bool = False, as_json: bool = False):
+        self.quiet, self.as_json = bool(quiet), bool(as_json)
+
+    def info(self, message: str) -> None:
+        """A progress note on stderr (hidden by --quiet and --json)."""
+        if not self.quiet and not self.as_json:
+            print(message, file=sys.stderr, flush=True)
+
+    def progress(self, iterable: Iterable, **kwargs) -> Iterable:
+        from tqdm import tqdm
+        return tqdm(iterable, disable=self.quiet, file=sys.stderr, **kwargs)
+
+    def result(self, record: dict, lines: Iterable[str]) -> None:
+        """The command's result: `record` as JSON with --json, else `lines` (even with --quiet)."""
+        if self.as_json:
+            print(json.dumps(record, sort_keys=True, default=str), flush=True)
+        else:
+            for line in lines:
+                print(line, flush=True)
+
+
+def require_file(path: str, what: str) -> str:
+    if not os.path.exists(path):
+        raise CliError(f"{what} {path!r} does not exist")
+    if os.path.isdir(path):
+        raise CliError(f"{what} {path!r} is a directory, not a file")
+    return path
+
+
+def require_dir(path: str, what: str) -> str:
+    if not os.path.isdir(path):
+        raise CliError(f"{what} {path!r} does not exist or is not a directory")
+    return path
+
+
+def make_out_dir(path: str) -> str:
+    """Creates the output folder; CliError when it cannot be created or written."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"cannot create output folder {path!r}: {e.strerror or e}") from e
+    if not os.access(path, os.W_OK):
+        raise CliError(f"output folder {path!r} is not writable")
+    return path
+
+
+def read_audio(path: str, sample_rate: int, *, resample: bool) -> np.ndarray:
+    """A mono float32 waveform at `sample_rate` from a WAV/FLAC/... file (soundfile).
+
+    A file at another rate is resampled when `resample`, else CliError saying how to fix it.
+    """
+    import soundfile
+
+    require_file(path, "audio file")
+    try:
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types; all mean "not readable audio".
+        raise CliError(f"cannot read audio file {path!r}: {e}") from e
+    if data.shape[0] == 0:
+        raise CliError(f"audio file {path!r} has no samples")
+    audio = data.mean(axis=1)
+    if not np.all(np.isfinite(audio)):
+        raise CliError(f"audio file {path!r} holds NaN/Inf samples")
+    if rate != sample_rate:
+        if not resample:
+            raise CliError(f"audio file {path!r} has sample rate {rate} Hz but the codec expects {sample_rate} Hz; "
+                           f"pass --resample to resample it, or convert it first "
+                           f"(e.g. `sox {os.path.basename(path)} -r {sample_rate} out.wav`)")
+        from soundstorm_jax.data.audio_io import resample as resample_audio
+        audio = resample_audio(audio, rate, sample_rate)
+    return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+
+def write_wav(path: str, audio: np.ndarray, sample_rate: int) -> str:
+    import soundfile
+
+    audio = np.clip(np.nan_to_num(np.asarray(audio, np.float32)), -1.0, 1.0)
+    try:
+        soundfile.write(path, audio, int(sample_rate), subtype="PCM_16")
+    except Exception as e:
+        raise CliError(f"cannot write {path!r}: {e}") from e
+    return path
+
+
+def load_codes(path: str, what: str = "codes file") -> np.ndarray:
+    """An integer array from a `.npy` file; CliError naming the file otherwise."""
+    require_file(path, what)
+    try:
+        codes = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise CliError(f"cannot read {what} {path!r} as a .npy array: {e}") from e
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise CliError(f"{what} {path!r} must hold integers, got dtype {codes.dtype}")
+    return codes
+
+
+def add_codec_options(parser, *, required: bool) -> None:
+    """--codec WORKDIR / --encodec FILE, one of them (or neither when not `required`)."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--codec", metavar="WORKDIR",
+                       help="a codec training workdir (train.py --config configs/codec_*.py); its latest "
+                            "checkpoint is used")
+    group.add_argument("--encodec", metavar="FILE",
+                       help="an EnCodec 24 kHz PyTorch checkpoint (.th/.pt/.safetensors) to import")
+    parser.add_argument("--bandwidth", type=float, default=None,
+                        help="with --encodec: the target bandwidth in kbps (sets the number of levels; "
+                             "default: the model's)")
+
+
+def load_codec_from_args(args) -> Optional[Any]:
+    """The codec named by --codec / --encodec, or None when neither was given."""
+    if getattr(args, "codec", None):
+        workdir = require_dir(args.codec, "codec workdir")
+        if not os.path.exists(os.path.join(workdir, "config.json")):
+            raise CliError(f"codec workdir {workdir!r} has no config.json; is it a train.py workdir?")
+        from soundstorm_jax.training.codec_task import load_codec
+        try:
+            return load_codec(workdir)
+        except FileNotFoundError as e:
+            raise CliError(f"codec workdir {workdir!r} has no complete checkpoint: {e}") from e
+    if getattr(args, "encodec", None):
+        path = require_file(args.encodec, "EnCodec checkpoint")
+        from soundstorm_jax.codec import load_encodec
+        return load_encodec(path, bandwidth=args.bandwidth)
+    return None
+
+
+def codes_dtype(codebook_size: int):
+    from soundstorm_jax.data.codes_dataset import codes_dtype as dtype
+    return dtype(int(codebook_size))

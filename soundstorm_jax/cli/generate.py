@@ -1,0 +1,184 @@
+"""`soundstorm generate`: samples from a trained SoundStorm workdir.
+
+The model is rebuilt from WORKDIR/config.json (`factory.build_model`, via
+`training.build` on one device) and its parameters (the EMA ones when the run
+kept them) restored from the latest complete checkpoint. Samples are drawn in
+batches of --batch-size; sample i always uses key i of split(PRNGKey(seed)),
+so the batch size never changes the result. Codes are written as
+`sample_NNN.npy` (frames, levels); with a codec also `sample_NNN.wav`.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from soundstorm_jax.cli.common import (CliError, add_codec_options, codes_dtype, load_codec_from_args, load_codes,
+                                       make_out_dir, require_dir, write_wav)
+
+
+def add_parser(subparsers, parents):
+    parser = subparsers.add_parser(
+        "generate", parents=parents, help="generate codes (and audio) from a trained SoundStorm",
+        description="Generate samples with a SoundStorm trained by train.py. Writes sample_NNN.npy codes "
+                    "(frames, levels) when no codec is given, sample_NNN.wav (plus the codes with --save-codes) "
+                    "with one, and prints the files written.")
+    parser.add_argument("workdir", metavar="WORKDIR", help="a SoundStorm training workdir (config.json + checkpoints)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step to use (default: the latest)")
+    add_codec_options(parser, required=False)
+    parser.add_argument("--num-samples", type=int, default=1, help="how many samples to generate (default 1)")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--frames", type=int, default=None, help="length of each sample in codec frames")
+    length.add_argument("--seconds", type=float, default=None,
+                        help="length of each sample in seconds (needs --codec or --encodec for the frame rate)")
+    parser.add_argument("--prompt-codes", metavar="FILE.npy", default=None,
+                        help="acoustic prompt: codes (frames, levels) kept as the first frames of every sample")
+    parser.add_argument("--semantic", metavar="FILE.npy", default=None,
+                        help="semantic token ids: (tokens,) for every sample or (num_samples, tokens); they set "
+                             "the length when --frames/--seconds are not given")
+    parser.add_argument("--steps", default=None,
+                        help="demasking passes: an int (first level; one pass on each later level) or one per "
+                             "level, comma separated, e.g. 16,4,1 (default: the model's)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="sampling temperature at each level's first pass, annealed to 0 (default 1.0)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes only")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep probability mass p, in (0, 1]")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="classifier-free guidance scale (needs --semantic and a model trained with "
+                             "conditioning dropout)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="samples generated per call (default: all at once)")
+    parser.add_argument("--out", metavar="DIR", default="generated", help="output folder (default ./generated)")
+    parser.add_argument("--save-codes", action="store_true",
+                        help="with a codec, also write the codes (.npy); without one they are always written")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def parse_steps(text):
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError as e:
+        raise CliError(f"--steps must be an int or comma-separated ints, got {text!r}") from e
+    if not values or min(values) < 1:
+        raise CliError(f"--steps must hold positive ints, got {text!r}")
+    return values[0] if len(values) == 1 and "," not in str(text) else tuple(values)
+
+
+def load_soundstorm(workdir: str, step=None):
+    """(model, variables, config) restored from a SoundStorm training workdir onto one device."""
+    import jax
+    import ml_collections
+    from flax import linen as nn
+
+    from soundstorm_jax import training
+    from soundstorm_jax.training import experiment
+
+    require_dir(workdir, "SoundStorm workdir")
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise CliError(f"{workdir!r} has no config.json; is it a train.py workdir?")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    kind = config.get("kind") or "soundstorm"
+    if kind != "soundstorm":
+        raise CliError(f"{workdir!r} holds a {kind!r} run, not a SoundStorm one; generate needs a SoundStorm "
+                       f"workdir (pass a codec workdir with --codec)")
+    config.data.batch_size = 1
+    config.optimizer.grad_accum_steps = 1
+    mesh = training.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+    ex = experiment.build(config, mesh)
+    ckpt = training.Checkpointer(workdir, config.model, every_steps=1, keep=1, async_save=False)
+    try:
+        if ckpt.latest_step() is None:
+            raise CliError(f"{workdir!r} has no complete checkpoint yet")
+        state, _, _ = ckpt.restore(ex.abstract_state, step)
+    finally:
+        ckpt.close()
+    return ex.model, {"params": nn.unbox(ex.eval_params(state))}, config
+
+
+def _semantic(path, num_samples):
+    if path is None:
+        return None
+    ids = load_codes(path, "semantic tokens file")
+    if ids.ndim == 1:
+        ids = np.broadcast_to(ids, (num_samples, ids.shape[0]))
+    if ids.ndim != 2 or ids.shape[0] != num_samples:
+        raise CliError(f"semantic tokens {path!r} must have shape (tokens,) or (num_samples={num_samples}, tokens), "
+                       f"got {ids.shape}")
+    return np.ascontiguousarray(ids.astype(np.int32))
+
+
+def run(args, out, extra):
+    del extra
+    import jax
+
+    from soundstorm_jax.maskgit.soundstorm import check_codec_matches
+    from soundstorm_jax.sampler.generate import generate
+
+    if args.num_samples < 1:
+        raise CliError(f"--num-samples must be positive, got {args.num_samples}")
+    batch_size = args.batch_size or args.num_samples
+    if batch_size < 1:
+        raise CliError(f"--batch-size must be positive, got {batch_size}")
+    if args.frames is not None and args.frames < 1:
+        raise CliError(f"--frames must be positive, got {args.frames}")
+    if args.seconds is not None:
+        if not args.codec and not args.encodec:
+            raise CliError("--seconds needs a codec (--codec WORKDIR or --encodec FILE) to know the frame rate; "
+                           "or give --frames")
+        if not args.seconds > 0:
+            raise CliError(f"--seconds must be positive, got {args.seconds}")
+    steps = parse_steps(args.steps)
+    prompt = None if args.prompt_codes is None else load_codes(args.prompt_codes, "prompt codes file")
+    if prompt is not None and prompt.ndim != 2:
+        raise CliError(f"prompt codes {args.prompt_codes!r} must have shape (frames, levels), got {prompt.shape}")
+    semantic = _semantic(args.semantic, args.num_samples)
+    if args.frames is None and args.seconds is None and semantic is None:
+        raise CliError("give the length: --frames N, --seconds S (with a codec) or --semantic FILE.npy")
+    make_out_dir(args.out)
+
+    model, variables, _ = load_soundstorm(args.workdir, args.step)
+    net = model.net
+    if prompt is not None and (prompt.min() < 0 or prompt.max() >= net.codebook_size):
+        raise CliError(f"prompt codes {args.prompt_codes!r} hold values in [{prompt.min()}, {prompt.max()}] but "
+                       f"the model's codes lie in [0, {net.codebook_size})")
+    codec = load_codec_from_args(args)
+    if codec is not None:
+        check_codec_matches(codec, net)
+    frames = args.frames
+    if args.seconds is not None:
+        frames = max(1, int(args.seconds * codec.target_sample_hz // codec.hop_length))
+
+    keys = jax.random.split(jax.random.PRNGKey(args.seed), args.num_samples)
+    written, shapes = [], []
+    starts = list(range(0, args.num_samples, batch_size))
+    for start in out.progress(starts, desc="generate", unit="batch"):
+        stop = min(start + batch_size, args.num_samples)
+        options = dict(key=keys[start:stop], steps=steps, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, guidance_scale=args.guidance_scale, batch_size=stop - start)
+        if prompt is not None:
+            options["prompt"] = prompt
+        if semantic is not None:
+            options["semantic_ids"] = semantic[start:stop]
+        codes = np.asarray(generate(model, variables, frames, **options))
+        for i, sample in enumerate(codes):
+            name = os.path.join(args.out, f"sample_{start + i:03d}")
+            sample = sample[(sample >= 0).all(axis=1)]  # Padded frames (pad_value -1), if any.
+            shapes.append(list(sample.shape))
+            if codec is None or args.save_codes:
+                np.save(name + ".npy", sample.astype(codes_dtype(net.codebook_size)))
+                written.append(name + ".npy")
+            if codec is not None:
+                audio = np.asarray(codec.decode(sample[None].astype(np.int32)))[0]
+                written.append(write_wav(name + ".wav", audio, codec.target_sample_hz))
+    record = dict(command="generate", files=written, shapes=shapes, workdir=args.workdir)
+    if codec is not None:
+        record["sample_rate"] = codec.target_sample_hz
+    out.result(record, written)
+    return 0

@@ -1,0 +1,85 @@
+"""`soundstorm`: the command line's entry point (console script and `python -m soundstorm_jax`).
+
+    soundstorm [--quiet] [--json] [--debug] COMMAND [options]
+
+Commands: prepare, train, encode, decode, generate (`soundstorm COMMAND --help`).
+Exit status: 0 success; 2 bad input (the message on stderr starts with
+"error: "); 1 an unexpected failure (with its traceback under --debug).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Optional, Sequence
+
+from soundstorm_jax.cli import codec_io, generate, prepare, train
+from soundstorm_jax.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, CliError, Output
+
+DESCRIPTION = """SoundStorm in JAX: prepare data, train, encode/decode audio and generate.
+
+  soundstorm prepare --audio AUDIO_DIR --out data/mine            # TFDS audio dataset
+  soundstorm train --config configs/codec_tiny.py --workdir runs/codec --config.data.dir=data/mine/audio
+  soundstorm prepare --audio AUDIO_DIR --out data/mine --codec runs/codec   # + its codes dataset
+  soundstorm train --config configs/tiny.py --workdir runs/tiny --config.data.dir=data/mine/codes
+  soundstorm generate runs/tiny --seconds 2 --codec runs/codec --out samples
+
+Exit status: 0 success, 2 bad input, 1 unexpected failure."""
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else False
+    parser.add_argument("--quiet", "-q", action="store_true", default=default,
+                        help="no progress bars or notes; only the result (or errors)")
+    parser.add_argument("--json", action="store_true", default=default,
+                        help="print the result as one JSON object on stdout (for scripts)")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show the traceback of any error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="soundstorm", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)  # Also accepted after the command.
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    prepare.add_parser(subparsers, [common])
+    train.add_parser(subparsers, [common])
+    codec_io.add_parsers(subparsers, [common])
+    generate.add_parser(subparsers, [common])
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")  # Exits with status 2.
+    out = Output(quiet=args.quiet, as_json=args.json)
+    try:
+        return int(args.run(args, out, extra) or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_FAILURE
+    except (CliError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        if args.debug:
+            traceback.print_exc()
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:  # noqa: BLE001 - the command line's last resort.
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: unexpected failure: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

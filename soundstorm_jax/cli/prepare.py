@@ -1,0 +1,113 @@
+"""`soundstorm prepare`: an audio folder (or the embedded corpus) -> TFDS datasets.
+
+    OUT/audio   the AudioFolder dataset (train a codec on it: --config.data.dir=OUT/audio)
+    OUT/corpus  with --corpus: the synthesized eSpeak corpus and its dataset
+    OUT/codes   with --codec/--encodec: the codes dataset (train SoundStorm on it: --config.data.dir=OUT/codes)
+
+Building is skipped when a dataset is already prepared there (TFDS reuses it).
+"""
+from __future__ import annotations
+
+import os
+
+from soundstorm_jax.cli.common import CliError, add_codec_options, load_codec_from_args, make_out_dir, require_dir
+
+
+def add_parser(subparsers, parents):
+    parser = subparsers.add_parser(
+        "prepare", parents=parents, help="build the TFDS audio dataset (and its codes dataset)",
+        description="Build the TFDS audio dataset from a folder of audio files (any layout; LibriSpeech "
+                    "transcripts are read) or from the embedded eSpeak corpus, and, given a codec, the codes "
+                    "dataset SoundStorm trains on. Prints the dataset folders written.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audio", metavar="DIR", help="a folder of audio files (WAV, FLAC, OGG, ...), recursive")
+    source.add_argument("--corpus", choices=("tiny", "small"),
+                        help="the embedded synthesized speech corpus (tiny: a few minutes, small: about an hour)")
+    parser.add_argument("--out", metavar="DIR", required=True,
+                        help="output folder: the audio dataset goes to DIR/audio (or DIR/corpus), codes to DIR/codes")
+    parser.add_argument("--sample-rate", type=int, default=None,
+                        help="the audio dataset's rate in Hz (default: the codec's when one is given, else the "
+                             "first file's, 16000 for the corpus)")
+    parser.add_argument("--no-resample", action="store_true",
+                        help="refuse files at another sample rate instead of resampling them")
+    parser.add_argument("--validation-fraction", type=float, default=0.05,
+                        help="share of files held out for validation when the folder has no train/validation "
+                             "subfolders (default 0.05)")
+    parser.add_argument("--skip-bad-files", action="store_true",
+                        help="skip unreadable audio files with a warning (default: stop and name the file)")
+    parser.add_argument("--seed", type=int, default=0, help="the corpus's seed and the split's seed (default 0)")
+    parser.add_argument("--frame-rate", type=float, default=50.0,
+                        help="with --corpus: phoneme (semantic) tokens per second (default 50)")
+    add_codec_options(parser, required=False)
+    parser.add_argument("--encode-batch-size", type=int, default=8,
+                        help="waveforms per codec call while encoding (default 8)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args, out, extra):
+    del extra
+    if not 0.0 <= args.validation_fraction < 1.0:
+        raise CliError(f"--validation-fraction must lie in [0, 1), got {args.validation_fraction}")
+    if args.sample_rate is not None and args.sample_rate <= 0:
+        raise CliError(f"--sample-rate must be positive, got {args.sample_rate}")
+    if args.audio is not None:
+        require_dir(args.audio, "audio folder")
+    make_out_dir(args.out)
+    codec = load_codec_from_args(args)
+    sample_rate = args.sample_rate
+    if codec is not None:
+        if sample_rate is not None and sample_rate != codec.target_sample_hz:
+            raise CliError(f"--sample-rate {sample_rate} differs from the codec's {codec.target_sample_hz} Hz; "
+                           f"leave it out to use the codec's rate")
+        sample_rate = codec.target_sample_hz
+
+    record = dict(command="prepare")
+    lines = []
+    if args.corpus is not None:
+        from soundstorm_jax.data import prepare_corpus
+        out.info(f"building the {args.corpus} corpus ...")
+        builder = prepare_corpus(args.corpus, args.seed, sample_rate=sample_rate or 16000,
+                                 frame_rate=args.frame_rate, cache_dir=os.path.join(args.out, "corpus"),
+                                 progress=not out.quiet)
+        audio_dir = os.path.dirname(os.path.dirname(builder.data_dir))
+    else:
+        from soundstorm_jax.data import prepare_audio_folder
+        out.info(f"reading {args.audio} ...")
+        audio_dir = os.path.join(args.out, "audio")
+        builder = prepare_audio_folder(args.audio, audio_dir, sample_rate=sample_rate,
+                                       allow_resample=not args.no_resample,
+                                       validation_fraction=args.validation_fraction, split_seed=args.seed,
+                                       on_bad_file="skip" if args.skip_bad_files else "raise")
+        if builder.skipped_files:
+            record["skipped_files"] = list(builder.skipped_files)
+            lines.append(f"skipped {len(builder.skipped_files)} unreadable file(s)")
+    splits = {name: int(split.num_examples) for name, split in builder.info.splits.items()}
+    record.update(audio_dataset=audio_dir, audio_splits=splits)
+    lines.insert(0, f"audio dataset: {audio_dir} ({_splits(splits)})")
+
+    if codec is not None:
+        from soundstorm_jax.data import prepare_codes_dataset
+        codes_dir = os.path.join(args.out, "codes")
+        out.info(f"encoding with the codec ({codec.num_quantizers} levels x {codec.codebook_size} codes) ...")
+        metadata = dict(builder.info.metadata or {})
+        metadata.update(sample_rate=codec.target_sample_hz, frame_rate=codec.frame_rate, hop_length=codec.hop_length)
+        codes = prepare_codes_dataset(codes_dir, audio_source=builder, encode_fn=codec.encode,
+                                      samples_per_frame=codec.hop_length, num_levels=codec.num_quantizers,
+                                      codebook_size=codec.codebook_size,
+                                      encode_batch_size=args.encode_batch_size, metadata=_jsonable(metadata))
+        code_splits = {name: int(split.num_examples) for name, split in codes.info.splits.items()}
+        record.update(codes_dataset=codes_dir, codes_splits=code_splits)
+        lines.append(f"codes dataset: {codes_dir} ({_splits(code_splits)}); train SoundStorm with "
+                     f"--config.data.dir={codes_dir}")
+    out.result(record, lines)
+    return 0
+
+
+def _splits(splits: dict) -> str:
+    return ", ".join(f"{name}: {count} files" for name, count in sorted(splits.items()))
+
+
+def _jsonable(value):
+    import json
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,254 @@
+"""The `soundstorm` command line, through the real console script (subprocess).
+
+One tiny codec (2 steps) and one tiny SoundStorm (2 steps, trained on the codes
+`soundstorm prepare --codec` wrote) are shared by the module; every subcommand
+runs on them, and every bad input exits with status 2 and a one-line error.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RATE = 16000
+FAST = ["--config.compiler_options.xla_backend_optimization_level=0",
+        "--config.compiler_options.xla_llvm_disable_expensive_passes=True"]
+CODEC_ARGS = ["--config.total_steps=2", "--config.checkpoint.every_steps=2", "--config.logging.every_steps=1",
+              "--config.logging.eval_every_steps=100", "--config.model.generator.strides=(2, 2)",
+              "--config.data.segment_samples=512", "--config.data.batch_size=2", "--config.loss.mel_scales=(64,)",
+              "--config.model.discriminator.num_scales=1", "--config.model.discriminator.stft_dilations=(1,)",
+              "--config.model.generator.codebook_size=16", "--config.model.generator.rq_num_quantizers=3"] + FAST
+SOUNDSTORM_ARGS = ["--config.total_steps=2", "--config.checkpoint.every_steps=2", "--config.logging.every_steps=1",
+                   "--config.logging.eval_every_steps=100", "--config.model.conformer.depth=1",
+                   "--config.data.max_frames=16", "--config.data.batch_size=2"] + FAST
+COMMANDS = ("prepare", "train", "encode", "decode", "generate")
+
+
+def soundstorm_command():
+    exe = shutil.which("soundstorm")
+    return [exe] if exe else [sys.executable, "-m", "soundstorm_jax"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    env = dict(os.environ)
+    env["JAX_PLATFORMS"] = "cpu"
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    env["SOUNDSTORM_JAX_CACHE"] = str(tmp_path_factory.mktemp("corpus_cache"))
+    return env
+
+
+def cli(env, *args, expect=0, cwd=ROOT):
+    result = subprocess.run(soundstorm_command() + [str(a) for a in args], env=env, cwd=cwd, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == expect, (result.returncode, result.stdout[-2000:], result.stderr[-4000:])
+    return result
+
+
+def bad_input(env, *args):
+    """Exit status 2 with a single `error: ...` line and no traceback; returns the message."""
+    result = cli(env, *args, expect=2)
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def tone(seconds, rate=RATE, freq=440.0, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t) + rng.normal(0, 0.02, t.shape)).astype(np.float32)
+
+
+def write_wavs(root, *, train=6, validation=2, rate=RATE):
+    for split, n in (("train", train), ("validation", validation)):
+        os.makedirs(os.path.join(root, split), exist_ok=True)
+        for i in range(n):
+            soundfile.write(os.path.join(root, split, f"clip{i:02d}.wav"), tone(0.25, rate, 200 + 90 * i, i),
+                            rate, subtype="PCM_16")
+    return root
+
+
+@pytest.fixture(scope="module")
+def wavs(tmp_path_factory):
+    return write_wavs(str(tmp_path_factory.mktemp("wavs")))
+
+
+@pytest.fixture(scope="module")
+def codec_workdir(tmp_path_factory, env, wavs):
+    """`soundstorm prepare` (audio only), then `soundstorm train` of a tiny codec for 2 steps on it."""
+    data = str(tmp_path_factory.mktemp("data"))
+    result = cli(env, "--json", "prepare", "--audio", wavs, "--out", data, "--sample-rate", RATE)
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["audio_splits"] == {"train": 6, "validation": 2}
+    workdir = str(tmp_path_factory.mktemp("codec"))
+    cli(env, "train", "--config", os.path.join("configs", "codec_tiny.py"), "--workdir", workdir,
+        f"--config.data.dir={record['audio_dataset']}", *CODEC_ARGS)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def codes_dataset(tmp_path_factory, env, wavs, codec_workdir):
+    out = str(tmp_path_factory.mktemp("prepared"))
+    result = cli(env, "--json", "prepare", "--audio", wavs, "--out", out, "--codec", codec_workdir)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def soundstorm_workdir(tmp_path_factory, env, codes_dataset):
+    workdir = str(tmp_path_factory.mktemp("soundstorm"))
+    cli(env, "--quiet", "train", "--config", os.path.join("configs", "tiny.py"), "--workdir", workdir,
+        f"--config.data.dir={codes_dataset['codes_dataset']}", *SOUNDSTORM_ARGS)
+    return workdir
+
+
+# ---- help ----------------------------------------------------------------------------------------------------
+
+def test_help_explains_every_subcommand(env):
+    top = cli(env, "--help").stdout
+    for command in COMMANDS:
+        assert command in top
+    expected = {"prepare": ["--audio", "--corpus", "--codec", "--encodec", "--out"],
+                "train": ["--config", "--workdir", "--config.x.y=value"],
+                "encode": ["--codec", "--encodec", "--resample", "--out"],
+                "decode": ["--codec", "--encodec", "--length", "--out"],
+                "generate": ["--num-samples", "--frames", "--seconds", "--prompt-codes", "--semantic", "--steps",
+                             "--temperature", "--top-k", "--top-p", "--guidance-scale", "--seed", "--batch-size",
+                             "--out", "--save-codes"]}
+    for command, options in expected.items():
+        text = cli(env, command, "--help").stdout
+        for option in options:
+            assert option in text, (command, option)
+    assert cli(env, "no-such-command", expect=2).returncode == 2
+
+
+def test_python_dash_m_runs_the_same_command(env):
+    result = subprocess.run([sys.executable, "-m", "soundstorm_jax", "--help"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "generate" in result.stdout
+
+
+# ---- prepare -------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_prepare_writes_the_audio_and_codes_datasets(codes_dataset):
+    assert codes_dataset["command"] == "prepare"
+    assert codes_dataset["audio_splits"] == {"train": 6, "validation": 2}
+    assert codes_dataset["codes_splits"] == {"train": 6, "validation": 2}
+    assert os.path.isdir(os.path.join(codes_dataset["codes_dataset"], "codes_dataset"))
+
+
+def test_prepare_bad_inputs(env, tmp_path):
+    message = bad_input(env, "prepare", "--audio", tmp_path / "missing", "--out", tmp_path / "out")
+    assert "missing" in message and "does not exist" in message
+    (tmp_path / "empty").mkdir()
+    message = bad_input(env, "prepare", "--audio", tmp_path / "empty", "--out", tmp_path / "out")
+    assert "holds no audio files" in message
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "noise.wav").write_bytes(b"not a wav file at all")
+    message = bad_input(env, "prepare", "--audio", tmp_path / "junk", "--out", tmp_path / "out2")
+    assert "noise.wav" in message
+
+
+# ---- encode / decode -----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_encode_decode_round_trip(env, tmp_path, codec_workdir):
+    soundfile.write(tmp_path / "a.wav", tone(0.1), RATE, subtype="PCM_16")
+    soundfile.write(tmp_path / "b.flac", tone(0.05, freq=300), RATE)
+    result = cli(env, "--json", "encode", tmp_path / "a.wav", tmp_path / "b.flac", "--codec", codec_workdir,
+                 "--out", tmp_path / "codes")
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["files"] == [str(tmp_path / "codes" / "a.npy"), str(tmp_path / "codes" / "b.npy")]
+    hop = record["hop_length"]
+    assert hop == 4
+    a = np.load(tmp_path / "codes" / "a.npy")
+    assert a.shape == (1600 // hop, 3) and np.issubdtype(a.dtype, np.integer)
+    assert a.min() >= 0 and a.max() < 16
+    assert np.load(tmp_path / "codes" / "b.npy").shape == (800 // hop, 3)
+
+    result = cli(env, "decode", tmp_path / "codes" / "a.npy", "--codec", codec_workdir, "--out", tmp_path / "wav")
+    assert result.stdout.split() == [str(tmp_path / "wav" / "a.wav")]
+    audio, rate = soundfile.read(tmp_path / "wav" / "a.wav")
+    assert rate == RATE and audio.shape == (1600,) and np.all(np.isfinite(audio))
+
+    # Wrong sample rate: refused with the fix, or resampled with --resample.
+    soundfile.write(tmp_path / "slow.wav", tone(0.1, rate=8000), 8000, subtype="PCM_16")
+    message = bad_input(env, "encode", tmp_path / "slow.wav", "--codec", codec_workdir)
+    assert "8000 Hz" in message and "16000 Hz" in message and "--resample" in message
+    cli(env, "--quiet", "encode", tmp_path / "slow.wav", "--codec", codec_workdir, "--resample")
+    assert np.load(tmp_path / "slow.npy").shape == (1600 // hop, 3)
+
+    # Unreadable audio, out-of-range codes.
+    (tmp_path / "text.wav").write_text("hello")
+    assert "text.wav" in bad_input(env, "encode", tmp_path / "text.wav", "--codec", codec_workdir)
+    np.save(tmp_path / "big.npy", np.full((5, 3), 99, np.int16))
+    assert "big.npy" in bad_input(env, "decode", tmp_path / "big.npy", "--codec", codec_workdir)
+
+
+def test_encode_decode_bad_inputs_before_loading_anything(env, tmp_path):
+    message = bad_input(env, "encode", tmp_path / "nope.wav", "--codec", tmp_path)
+    assert "nope.wav" in message and "does not exist" in message
+    message = bad_input(env, "decode", tmp_path / "nope.npy", "--codec", tmp_path)
+    assert "nope.npy" in message
+    soundfile.write(tmp_path / "a.wav", tone(0.05), RATE)
+    message = bad_input(env, "encode", tmp_path / "a.wav", "--codec", tmp_path / "no_codec")
+    assert "no_codec" in message
+
+
+# ---- generate ------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_generate_writes_codes_and_audio(env, tmp_path, soundstorm_workdir, codec_workdir):
+    result = cli(env, "--json", "generate", soundstorm_workdir, "--num-samples", 3, "--batch-size", 2,
+                 "--frames", 12, "--steps", "2,1,1", "--temperature", 0.8, "--top-k", 8, "--seed", 1,
+                 "--out", tmp_path / "codes")
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    files = [str(tmp_path / "codes" / f"sample_{i:03d}.npy") for i in range(3)]
+    assert record["files"] == files
+    samples = [np.load(f) for f in files]
+    for codes in samples:
+        assert codes.shape == (12, 3) and codes.min() >= 0 and codes.max() < 16
+
+    # An acoustic prompt is kept; a codec gives WAVs (+ codes with --save-codes); the same seed, the same codes.
+    prompt = samples[0][:4, :2]
+    np.save(tmp_path / "prompt.npy", prompt)
+    result = cli(env, "generate", soundstorm_workdir, "--num-samples", 2, "--seconds", 0.004,
+                 "--prompt-codes", tmp_path / "prompt.npy", "--codec", codec_workdir, "--save-codes",
+                 "--top-p", 0.9, "--seed", 1, "--out", tmp_path / "audio")
+    written = result.stdout.split()
+    assert written == [str(tmp_path / "audio" / f"sample_{i:03d}.{ext}") for i in range(2) for ext in ("npy", "wav")]
+    for i in range(2):
+        codes = np.load(tmp_path / "audio" / f"sample_{i:03d}.npy")
+        assert codes.shape == (16, 3)  # 0.004 s x 16 kHz / hop 4.
+        np.testing.assert_array_equal(codes[:4, :2], prompt)
+        audio, rate = soundfile.read(tmp_path / "audio" / f"sample_{i:03d}.wav")
+        assert rate == RATE and audio.shape == (64,) and np.all(np.isfinite(audio))
+
+    # Bad inputs, after the model is loaded.
+    np.save(tmp_path / "huge.npy", np.full((4, 2), 16, np.int16))
+    message = bad_input(env, "generate", soundstorm_workdir, "--frames", 12, "--prompt-codes", tmp_path / "huge.npy",
+                        "--out", tmp_path / "x")
+    assert "prompt" in message and "[0, 16)" in message
+    message = bad_input(env, "generate", codec_workdir, "--frames", 8, "--out", tmp_path / "x")
+    assert "'codec' run" in message
+
+
+def test_generate_bad_inputs(env, tmp_path):
+    message = bad_input(env, "generate", tmp_path, "--seconds", 1, "--out", tmp_path / "x")
+    assert "--seconds needs a codec" in message
+    message = bad_input(env, "generate", tmp_path, "--frames", 8, "--prompt-codes", tmp_path / "p.npy",
+                        "--out", tmp_path / "x")
+    assert "p.npy" in message and "does not exist" in message
+    message = bad_input(env, "generate", tmp_path / "nowhere", "--frames", 8, "--out", tmp_path / "x")
+    assert "nowhere" in message
+    message = bad_input(env, "generate", tmp_path, "--frames", 8, "--steps", "two", "--out", tmp_path / "x")
+    assert "--steps" in message
+    message = bad_input(env, "generate", tmp_path, "--out", tmp_path / "x")
+    assert "--frames" in message
