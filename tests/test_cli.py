@@ -144,6 +144,19 @@ def test_prepare_writes_the_audio_and_codes_datasets(codes_dataset):
     assert os.path.isdir(os.path.join(codes_dataset["codes_dataset"], "codes_dataset"))
 
 
+def test_prepare_builds_the_embedded_corpus(env, tmp_path):
+    from soundstorm_jax.data import espeak_is_available
+    if not espeak_is_available():
+        pytest.skip("eSpeak NG (espeakng-loader) is not installed")
+    result = cli(env, "--quiet", "--json", "prepare", "--corpus", "tiny", "--out", tmp_path / "corpus")
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1  # One JSON object, nothing else on stdout.
+    record = json.loads(lines[0])
+    assert record["audio_splits"]["train"] > 0 and record["audio_splits"]["validation"] > 0
+    assert record["audio_dataset"].startswith(str(tmp_path / "corpus"))
+    assert os.path.isdir(os.path.join(record["audio_dataset"], "audio_folder"))
+
+
 def test_prepare_bad_inputs(env, tmp_path):
     message = bad_input(env, "prepare", "--audio", tmp_path / "missing", "--out", tmp_path / "out")
     assert "missing" in message and "does not exist" in message
@@ -236,6 +249,10 @@ def test_generate_writes_codes_and_audio(env, tmp_path, soundstorm_workdir, code
     message = bad_input(env, "generate", soundstorm_workdir, "--frames", 12, "--prompt-codes", tmp_path / "huge.npy",
                         "--out", tmp_path / "x")
     assert "prompt" in message and "[0, 16)" in message
+    np.save(tmp_path / "semantic.npy", np.arange(6, dtype=np.int32))
+    message = bad_input(env, "generate", soundstorm_workdir, "--semantic", tmp_path / "semantic.npy",
+                        "--out", tmp_path / "x")
+    assert "semantic" in message
     message = bad_input(env, "generate", codec_workdir, "--frames", 8, "--out", tmp_path / "x")
     assert "'codec' run" in message
 
@@ -252,3 +269,7 @@ def test_generate_bad_inputs(env, tmp_path):
     assert "--steps" in message
     message = bad_input(env, "generate", tmp_path, "--out", tmp_path / "x")
     assert "--frames" in message
+    result = cli(env, "--json", "generate", tmp_path, "--seconds", 1, expect=2)
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record == {"command": "generate", "error": record["error"], "exit_code": 2}
+    assert "--seconds needs a codec" in record["error"]

@@ -27,6 +27,7 @@ class Output:
 
     def __init__(self, *, quiet: bool = False, as_json: bool = False):
         self.quiet, self.as_json = bool(quiet), bool(as_json)
+        self.stdout = sys.stdout  # The real stdout, kept while --json sends other prints to stderr.
 
     def info(self, message: str) -> None:
         """A progress note on stderr (hidden by --quiet and --json)."""
@@ -40,10 +41,10 @@ class Output:
     def result(self, record: dict, lines: Iterable[str]) -> None:
         """The command's result: `record` as JSON with --json, else `lines` (even with --quiet)."""
         if self.as_json:
-            print(json.dumps(record, sort_keys=True, default=str), flush=True)
+            print(json.dumps(record, sort_keys=True, default=str), file=self.stdout, flush=True)
         else:
             for line in lines:
-                print(line, flush=True)
+                print(line, file=self.stdout, flush=True)
 
 
 def require_file(path: str, what: str) -> str:

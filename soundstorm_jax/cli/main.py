@@ -9,6 +9,8 @@ Exit status: 0 success; 2 bad input (the message on stderr starts with
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
 import traceback
 from typing import Optional, Sequence
@@ -59,7 +61,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")  # Exits with status 2.
     out = Output(quiet=args.quiet, as_json=args.json)
     try:
-        return int(args.run(args, out, extra) or 0)
+        # With --json, stdout holds only the result object: anything else printed goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            return int(args.run(args, out, extra) or 0)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_FAILURE
@@ -67,14 +71,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.debug:
             traceback.print_exc()
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(args, message, EXIT_BAD_INPUT)
     except Exception as e:  # noqa: BLE001 - the command line's last resort.
         if args.debug:
             traceback.print_exc()
-        print(f"error: unexpected failure: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return EXIT_FAILURE
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return _fail(args, f"unexpected failure: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+                     EXIT_FAILURE)
+
+
+def _fail(args, message: str, code: int) -> int:
+    """`error: message` on stderr; with --json also {"command", "error", "exit_code"} on stdout."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps(dict(command=args.command, error=message, exit_code=code)), flush=True)
+    return code
 
 
 def entry() -> None:

@@ -62,6 +62,9 @@ def run(args, out, extra):
                            f"leave it out to use the codec's rate")
         sample_rate = codec.target_sample_hz
 
+    if out.quiet or out.as_json:
+        import tensorflow_datasets as tfds
+        tfds.disable_progress_bar()
     record = dict(command="prepare")
     lines = []
     if args.corpus is not None:
