@@ -244,7 +244,20 @@ def test_generate_writes_codes_and_audio(env, tmp_path, soundstorm_workdir, code
         audio, rate = soundfile.read(tmp_path / "audio" / f"sample_{i:03d}.wav")
         assert rate == RATE and audio.shape == (64,) and np.all(np.isfinite(audio))
 
+    # A prompt WAV at another rate: resampled with a notice, encoded, kept.
+    soundfile.write(tmp_path / "prompt8k.wav", tone(0.002, rate=8000), 8000, subtype="PCM_16")
+    result = cli(env, "--json", "generate", soundstorm_workdir, "--frames", 16, "--prompt-audio",
+                 tmp_path / "prompt8k.wav", "--codec", codec_workdir, "--save-codes", "--out", tmp_path / "p")
+    assert "note: prompt audio" in result.stderr and "8000 Hz" in result.stderr
+    assert json.loads(result.stdout)["files"][-1].endswith("sample_000.wav")
+    cli(env, "--quiet", "encode", tmp_path / "prompt8k.wav", "--codec", codec_workdir, "--resample",
+        "--out", tmp_path / "p")
+    np.testing.assert_array_equal(np.load(tmp_path / "p" / "sample_000.npy")[:8],
+                                  np.load(tmp_path / "p" / "prompt8k.npy"))
+
     # Bad inputs, after the model is loaded.
+    message = bad_input(env, "encode", tmp_path / "prompt8k.wav", "--codec", soundstorm_workdir)
+    assert "'soundstorm' run, not a codec" in message
     np.save(tmp_path / "huge.npy", np.full((4, 2), 16, np.int16))
     message = bad_input(env, "generate", soundstorm_workdir, "--frames", 12, "--prompt-codes", tmp_path / "huge.npy",
                         "--out", tmp_path / "x")
@@ -269,6 +282,13 @@ def test_generate_bad_inputs(env, tmp_path):
     assert "--steps" in message
     message = bad_input(env, "generate", tmp_path, "--out", tmp_path / "x")
     assert "--frames" in message
+    (tmp_path / "a_file").write_text("")
+    message = bad_input(env, "generate", tmp_path, "--frames", 8, "--out", tmp_path / "a_file" / "sub")
+    assert "cannot create output folder" in message
+    message = bad_input(env, "generate", tmp_path, "--frames", 8, "--prompt-audio", tmp_path / "p.wav")
+    assert "--prompt-audio needs a codec" in message
+    result = cli(env, "--debug", "generate", tmp_path, "--seconds", 1, expect=2)
+    assert "Traceback" in result.stderr  # --debug shows where the error came from.
     result = cli(env, "--json", "generate", tmp_path, "--seconds", 1, expect=2)
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record == {"command": "generate", "error": record["error"], "exit_code": 2}

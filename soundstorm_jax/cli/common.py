@@ -34,6 +34,10 @@ class Output:
         if not self.quiet and not self.as_json:
             print(message, file=sys.stderr, flush=True)
 
+    def notice(self, message: str) -> None:
+        """Something the user should know even with --quiet (on stderr, prefixed 'note: ')."""
+        print(f"note: {message}", file=sys.stderr, flush=True)
+
     def progress(self, iterable: Iterable, **kwargs) -> Iterable:
         from tqdm import tqdm
         return tqdm(iterable, disable=self.quiet, file=sys.stderr, **kwargs)
@@ -72,10 +76,11 @@ def make_out_dir(path: str) -> str:
     return path
 
 
-def read_audio(path: str, sample_rate: int, *, resample: bool) -> np.ndarray:
+def read_audio(path: str, sample_rate: int, *, resample: bool, on_resample=None) -> np.ndarray:
     """A mono float32 waveform at `sample_rate` from a WAV/FLAC/... file (soundfile).
 
-    A file at another rate is resampled when `resample`, else CliError saying how to fix it.
+    A file at another rate is resampled when `resample` (after calling `on_resample(file_rate)`), else
+    CliError saying how to fix it.
     """
     import soundfile
 
@@ -94,6 +99,8 @@ def read_audio(path: str, sample_rate: int, *, resample: bool) -> np.ndarray:
             raise CliError(f"audio file {path!r} has sample rate {rate} Hz but the codec expects {sample_rate} Hz; "
                            f"pass --resample to resample it, or convert it first "
                            f"(e.g. `sox {os.path.basename(path)} -r {sample_rate} out.wav`)")
+        if on_resample is not None:
+            on_resample(rate)
         from soundstorm_jax.data.audio_io import resample as resample_audio
         audio = resample_audio(audio, rate, sample_rate)
     return np.clip(audio, -1.0, 1.0).astype(np.float32)

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from soundstorm_jax.cli.common import (CliError, add_codec_options, codes_dtype, load_codec_from_args, load_codes,
-                                       make_out_dir, require_dir, write_wav)
+                                       make_out_dir, read_audio, require_dir, write_wav)
 
 
 def add_parser(subparsers, parents):
@@ -32,8 +32,12 @@ def add_parser(subparsers, parents):
     length.add_argument("--frames", type=int, default=None, help="length of each sample in codec frames")
     length.add_argument("--seconds", type=float, default=None,
                         help="length of each sample in seconds (needs --codec or --encodec for the frame rate)")
-    parser.add_argument("--prompt-codes", metavar="FILE.npy", default=None,
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt-codes", metavar="FILE.npy", default=None,
                         help="acoustic prompt: codes (frames, levels) kept as the first frames of every sample")
+    prompt.add_argument("--prompt-audio", metavar="FILE", default=None,
+                        help="acoustic prompt as audio (WAV, FLAC, ...), encoded with the codec (needs --codec or "
+                             "--encodec); another sample rate is resampled, with a notice")
     parser.add_argument("--semantic", metavar="FILE.npy", default=None,
                         help="semantic token ids: (tokens,) for every sample or (num_samples, tokens); they set "
                              "the length when --frames/--seconds are not given")
@@ -134,6 +138,12 @@ def run(args, out, extra):
                            "or give --frames")
         if not args.seconds > 0:
             raise CliError(f"--seconds must be positive, got {args.seconds}")
+    if args.prompt_audio is not None:
+        if not args.codec and not args.encodec:
+            raise CliError("--prompt-audio needs a codec (--codec WORKDIR or --encodec FILE) to encode it; "
+                           "or give --prompt-codes")
+        if not os.path.isfile(args.prompt_audio):
+            raise CliError(f"prompt audio file {args.prompt_audio!r} does not exist")
     steps = parse_steps(args.steps)
     prompt = None if args.prompt_codes is None else load_codes(args.prompt_codes, "prompt codes file")
     if prompt is not None and prompt.ndim != 2:
@@ -151,6 +161,12 @@ def run(args, out, extra):
     codec = load_codec_from_args(args)
     if codec is not None:
         check_codec_matches(codec, net)
+    if args.prompt_audio is not None:
+        def note(rate):
+            out.notice(f"prompt audio {args.prompt_audio!r} is at {rate} Hz; resampled to the codec's "
+                       f"{codec.target_sample_hz} Hz")
+        audio = read_audio(args.prompt_audio, codec.target_sample_hz, resample=True, on_resample=note)
+        prompt = np.asarray(codec.encode(audio[None], sample_rate=codec.target_sample_hz))[0]
     frames = args.frames
     if args.seconds is not None:
         frames = max(1, int(args.seconds * codec.target_sample_hz // codec.hop_length))
