@@ -118,7 +118,8 @@ def test_help_explains_every_subcommand(env):
                 "train": ["--config", "--workdir", "--config.x.y=value"],
                 "encode": ["--codec", "--encodec", "--resample", "--out"],
                 "decode": ["--codec", "--encodec", "--length", "--out"],
-                "generate": ["--num-samples", "--frames", "--seconds", "--prompt-codes", "--semantic", "--steps",
+                "generate": ["--num-samples", "--frames", "--seconds", "--prompt-codes", "--prompt-audio", "--semantic",
+                             "--text", "--steps",
                              "--temperature", "--top-k", "--top-p", "--guidance-scale", "--seed", "--batch-size",
                              "--out", "--save-codes"]}
     for command, options in expected.items():
@@ -266,6 +267,8 @@ def test_generate_writes_codes_and_audio(env, tmp_path, soundstorm_workdir, code
     message = bad_input(env, "generate", soundstorm_workdir, "--semantic", tmp_path / "semantic.npy",
                         "--out", tmp_path / "x")
     assert "semantic" in message
+    message = bad_input(env, "generate", soundstorm_workdir, "--text", "Hello there.", "--out", tmp_path / "x")
+    assert "--text needs a model trained on semantic tokens" in message
     message = bad_input(env, "generate", codec_workdir, "--frames", 8, "--out", tmp_path / "x")
     assert "'codec' run" in message
 
@@ -282,6 +285,8 @@ def test_generate_bad_inputs(env, tmp_path):
     assert "--steps" in message
     message = bad_input(env, "generate", tmp_path, "--out", tmp_path / "x")
     assert "--frames" in message
+    message = bad_input(env, "generate", tmp_path, "--text", "caf\u00e9 \u2603", "--out", tmp_path / "x")
+    assert "cannot speak" in message and "\u2603" in message
     (tmp_path / "a_file").write_text("")
     message = bad_input(env, "generate", tmp_path, "--frames", 8, "--out", tmp_path / "a_file" / "sub")
     assert "cannot create output folder" in message

@@ -38,9 +38,15 @@ def add_parser(subparsers, parents):
     prompt.add_argument("--prompt-audio", metavar="FILE", default=None,
                         help="acoustic prompt as audio (WAV, FLAC, ...), encoded with the codec (needs --codec or "
                              "--encodec); another sample rate is resampled, with a notice")
-    parser.add_argument("--semantic", metavar="FILE.npy", default=None,
-                        help="semantic token ids: (tokens,) for every sample or (num_samples, tokens); they set "
-                             "the length when --frames/--seconds are not given")
+    semantic = parser.add_mutually_exclusive_group()
+    semantic.add_argument("--semantic", metavar="FILE.npy", default=None,
+                          help="semantic token ids: (tokens,) for every sample or (num_samples, tokens); they set "
+                               "the length when --frames/--seconds are not given")
+    semantic.add_argument("--text", default=None,
+                          help="English text, turned into timed phoneme ids by the embedded corpus's phonemiser "
+                               "(for models trained on the corpus's phoneme tokens); sets the length like --semantic")
+    parser.add_argument("--voice", default="en-us",
+                        help="with --text: the eSpeak voice whose timing the phonemes follow (default en-us)")
     parser.add_argument("--steps", default=None,
                         help="demasking passes: an int (first level; one pass on each later level) or one per "
                              "level, comma separated, e.g. 16,4,1 (default: the model's)")
@@ -118,6 +124,18 @@ def _semantic(path, num_samples):
     return np.ascontiguousarray(ids.astype(np.int32))
 
 
+def _text_semantic(text, voice, config, num_samples):
+    """Text -> (num_samples, frames) phoneme ids at the model's semantic rate (config.data.semantic_rate)."""
+    rate = config.data.get("semantic_rate")
+    if not config.model.get("num_semantic_token_ids") or not rate:
+        raise CliError("--text needs a model trained on semantic tokens (phoneme ids, e.g. the embedded corpus); "
+                       "this one has no semantic conditioning (config.model.num_semantic_token_ids / "
+                       "config.data.semantic_rate are unset)")
+    from soundstorm_jax.data import phonemize
+    ids = phonemize(text, voice=voice, frame_rate=float(rate)).frame_ids
+    return np.ascontiguousarray(np.broadcast_to(ids.astype(np.int32), (num_samples, ids.shape[0])))
+
+
 def run(args, out, extra):
     del extra
     import jax
@@ -149,12 +167,17 @@ def run(args, out, extra):
     if prompt is not None and prompt.ndim != 2:
         raise CliError(f"prompt codes {args.prompt_codes!r} must have shape (frames, levels), got {prompt.shape}")
     semantic = _semantic(args.semantic, args.num_samples)
-    if args.frames is None and args.seconds is None and semantic is None:
-        raise CliError("give the length: --frames N, --seconds S (with a codec) or --semantic FILE.npy")
+    if args.text is not None:
+        from soundstorm_jax.data.phonemes import check_speakable
+        check_speakable(args.text)  # ValueError naming the characters: exit 2.
+    if args.frames is None and args.seconds is None and semantic is None and args.text is None:
+        raise CliError("give the length: --frames N, --seconds S (with a codec), --semantic FILE.npy or --text")
     make_out_dir(args.out)
 
-    model, variables, _ = load_soundstorm(args.workdir, args.step)
+    model, variables, config = load_soundstorm(args.workdir, args.step)
     net = model.net
+    if args.text is not None:
+        semantic = _text_semantic(args.text, args.voice, config, args.num_samples)
     if prompt is not None and (prompt.min() < 0 or prompt.max() >= net.codebook_size):
         raise CliError(f"prompt codes {args.prompt_codes!r} hold values in [{prompt.min()}, {prompt.max()}] but "
                        f"the model's codes lie in [0, {net.codebook_size})")
