@@ -119,7 +119,7 @@ def test_help_explains_every_subcommand(env):
                 "encode": ["--codec", "--encodec", "--resample", "--out"],
                 "decode": ["--codec", "--encodec", "--length", "--out"],
                 "generate": ["--num-samples", "--frames", "--seconds", "--prompt-codes", "--prompt-audio", "--semantic",
-                             "--text", "--steps",
+                             "--text", "--spectrogram", "--steps",
                              "--temperature", "--top-k", "--top-p", "--guidance-scale", "--seed", "--batch-size",
                              "--out", "--save-codes"]}
     for command, options in expected.items():
@@ -127,6 +127,19 @@ def test_help_explains_every_subcommand(env):
         for option in options:
             assert option in text, (command, option)
     assert cli(env, "no-such-command", expect=2).returncode == 2
+
+
+def test_spectrogram_png_round_trip(tmp_path):
+    from soundstorm_jax.cli import spectrogram
+    t = np.arange(4000) / RATE
+    low, high = np.sin(2 * np.pi * 500 * t), np.sin(2 * np.pi * 5000 * t)
+    path = spectrogram.write_spectrogram(str(tmp_path / "s.png"), high, prompt_audio=low[:1000])
+    image = spectrogram.read_png(path)
+    prompt_width = 1 + (1000 - 256) // 64
+    assert image.shape == (129, prompt_width + 3 + 1 + (4000 - 256) // 64)
+    # Loud = dark, low frequencies at the bottom: 500 Hz is row 128 - 8, 5000 Hz is row 128 - 80.
+    assert image[128 - 8, :prompt_width].mean() < 50 and image[128 - 80, :prompt_width].mean() > 200
+    assert image[128 - 80, prompt_width + 3:].mean() < 50 and image[128 - 8, prompt_width + 3:].mean() > 200
 
 
 def test_python_dash_m_runs_the_same_command(env):
@@ -235,9 +248,14 @@ def test_generate_writes_codes_and_audio(env, tmp_path, soundstorm_workdir, code
     np.save(tmp_path / "prompt.npy", prompt)
     result = cli(env, "generate", soundstorm_workdir, "--num-samples", 2, "--seconds", 0.004,
                  "--prompt-codes", tmp_path / "prompt.npy", "--codec", codec_workdir, "--save-codes",
-                 "--top-p", 0.9, "--seed", 1, "--out", tmp_path / "audio")
+                 "--spectrogram", "--top-p", 0.9, "--seed", 1, "--out", tmp_path / "audio")
     written = result.stdout.split()
-    assert written == [str(tmp_path / "audio" / f"sample_{i:03d}.{ext}") for i in range(2) for ext in ("npy", "wav")]
+    assert written == [str(tmp_path / "audio" / f"sample_{i:03d}.{ext}") for i in range(2)
+                       for ext in ("npy", "wav", "png")]
+    from soundstorm_jax.cli.spectrogram import read_png
+    image = read_png(tmp_path / "audio" / "sample_000.png")
+    assert image.shape == (129, 1 + 3 + 1)  # prompt | white gap | sample, 129 frequency rows (n_fft 256).
+    assert (image[:, 1:4] == 255).all()
     for i in range(2):
         codes = np.load(tmp_path / "audio" / f"sample_{i:03d}.npy")
         assert codes.shape == (16, 3)  # 0.004 s x 16 kHz / hop 4.
@@ -290,6 +308,8 @@ def test_generate_bad_inputs(env, tmp_path):
     (tmp_path / "a_file").write_text("")
     message = bad_input(env, "generate", tmp_path, "--frames", 8, "--out", tmp_path / "a_file" / "sub")
     assert "cannot create output folder" in message
+    message = bad_input(env, "generate", tmp_path, "--frames", 8, "--spectrogram")
+    assert "--spectrogram needs a codec" in message
     message = bad_input(env, "generate", tmp_path, "--frames", 8, "--prompt-audio", tmp_path / "p.wav")
     assert "--prompt-audio needs a codec" in message
     result = cli(env, "--debug", "generate", tmp_path, "--seconds", 1, expect=2)

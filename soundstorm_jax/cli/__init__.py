@@ -6,4 +6,5 @@
   train      `soundstorm train`: train.py's loop, same flags
   codec_io   `soundstorm encode` / `soundstorm decode`: audio files <-> codes (.npy)
   generate   `soundstorm generate`: samples from a trained SoundStorm workdir
+  spectrogram  spectrogram PNGs (numpy + zlib) for `generate --spectrogram`
 """

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from soundstorm_jax.cli import spectrogram
 from soundstorm_jax.cli.common import (CliError, add_codec_options, codes_dtype, load_codec_from_args, load_codes,
                                        make_out_dir, read_audio, require_dir, write_wav)
 
@@ -61,6 +62,9 @@ def add_parser(subparsers, parents):
     parser.add_argument("--batch-size", type=int, default=None,
                         help="samples generated per call (default: all at once)")
     parser.add_argument("--out", metavar="DIR", default="generated", help="output folder (default ./generated)")
+    parser.add_argument("--spectrogram", action="store_true",
+                        help="with a codec, also draw sample_NNN.png: the sample's spectrogram, next to the "
+                             "prompt's (left) when a prompt is given")
     parser.add_argument("--save-codes", action="store_true",
                         help="with a codec, also write the codes (.npy); without one they are always written")
     parser.set_defaults(run=run)
@@ -162,6 +166,8 @@ def run(args, out, extra):
                            "or give --prompt-codes")
         if not os.path.isfile(args.prompt_audio):
             raise CliError(f"prompt audio file {args.prompt_audio!r} does not exist")
+    if args.spectrogram and not args.codec and not args.encodec:
+        raise CliError("--spectrogram needs a codec (--codec WORKDIR or --encodec FILE) to decode the samples")
     steps = parse_steps(args.steps)
     prompt = None if args.prompt_codes is None else load_codes(args.prompt_codes, "prompt codes file")
     if prompt is not None and prompt.ndim != 2:
@@ -190,6 +196,9 @@ def run(args, out, extra):
                        f"{codec.target_sample_hz} Hz")
         audio = read_audio(args.prompt_audio, codec.target_sample_hz, resample=True, on_resample=note)
         prompt = np.asarray(codec.encode(audio[None], sample_rate=codec.target_sample_hz))[0]
+    prompt_audio = None
+    if args.spectrogram and prompt is not None:  # What the prompt sounds like through the codec.
+        prompt_audio = np.asarray(codec.decode(prompt[None].astype(np.int32)))[0]
     frames = args.frames
     if args.seconds is not None:
         frames = max(1, int(args.seconds * codec.target_sample_hz // codec.hop_length))
@@ -216,6 +225,8 @@ def run(args, out, extra):
             if codec is not None:
                 audio = np.asarray(codec.decode(sample[None].astype(np.int32)))[0]
                 written.append(write_wav(name + ".wav", audio, codec.target_sample_hz))
+                if args.spectrogram:
+                    written.append(spectrogram.write_spectrogram(name + ".png", audio, prompt_audio))
     record = dict(command="generate", files=written, shapes=shapes, workdir=args.workdir)
     if codec is not None:
         record["sample_rate"] = codec.target_sample_hz
