@@ -294,6 +294,10 @@ class ConformerBlock(nn.Module):
         return (streams, first_values), None
 
 
+BLOCK_OPTIONS = tuple(name for name in ConformerBlock.__dataclass_fields__
+                      if name not in ("parent", "name", "deterministic"))
+
+
 class Conformer(nn.Module):
     """A stack of ``depth`` rotary Conformer blocks over ``(b, n, d)`` frames.
 
@@ -356,11 +360,9 @@ class Conformer(nn.Module):
             unroll=1 if self.scan_layers else self.depth,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        layers = stack(
-            self.dim, self.heads, self.dim_head, self.ff_mult, self.conv_expansion_factor, self.conv_kernel_size,
-            self.conv_causal, self.attn_dropout, self.ff_dropout, self.conv_dropout, self.num_residual_streams,
-            self.value_residual, self.attention_impl, deterministic, self.dtype, self.param_dtype, name="layers",
-        )
+        # The block's options are the Conformer's own fields of the same names.
+        options = {name: getattr(self, name) for name in BLOCK_OPTIONS}
+        layers = stack(**options, deterministic=deterministic, name="layers")
 
         streams = jnp.repeat(x[:, :, None, :], self.num_residual_streams, axis=2)
         first_values = (jnp.zeros((b, n, self.heads, self.dim_head), self.dtype) if self.value_residual else None)
