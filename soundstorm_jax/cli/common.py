@@ -107,14 +107,39 @@ def read_audio(path: str, sample_rate: int, *, resample: bool, on_resample=None)
 
 
 def write_wav(path: str, audio: np.ndarray, sample_rate: int) -> str:
-    import soundfile
+    from soundstorm_jax.data.audio_io import AudioError, write_wav as write
 
-    audio = np.clip(np.nan_to_num(np.asarray(audio, np.float32)), -1.0, 1.0)
     try:
-        soundfile.write(path, audio, int(sample_rate), subtype="PCM_16")
-    except Exception as e:
-        raise CliError(f"cannot write {path!r}: {e}") from e
+        return write(path, audio, sample_rate)
+    except AudioError as e:
+        raise CliError(str(e)) from e
+
+
+def _repository_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def repository_file(relative: str) -> str:
+    """A file of the repository checkout the package lives in (configs/, train.py)."""
+    path = os.path.join(_repository_root(), relative)
+    if not os.path.exists(path):
+        raise CliError(f"{relative} was not found next to the soundstorm_jax package ({path!r}); this command "
+                       f"needs the repository checkout (pip install -e .)")
     return path
+
+
+def load_config_file(relative: str):
+    """`get_config()` of a repository config file (e.g. 'configs/demo.py'), as train.py would load it."""
+    import importlib.util
+
+    path = repository_file(relative)
+    root = _repository_root()
+    if root not in sys.path:  # Config files import `configs.*`.
+        sys.path.insert(0, root)
+    spec = importlib.util.spec_from_file_location(f"soundstorm_config_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def load_codes(path: str, what: str = "codes file") -> np.ndarray:

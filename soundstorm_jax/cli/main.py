@@ -2,7 +2,7 @@
 
     soundstorm [--quiet] [--json] [--debug] COMMAND [options]
 
-Commands: prepare, train, encode, decode, generate (`soundstorm COMMAND --help`).
+Commands: demo, prepare, train, encode, decode, generate (`soundstorm COMMAND --help`).
 Exit status: 0 success; 2 bad input (the message on stderr starts with
 "error: "); 1 an unexpected failure (with its traceback under --debug).
 """
@@ -15,10 +15,12 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-from soundstorm_jax.cli import codec_io, generate, prepare, train
+from soundstorm_jax.cli import codec_io, demo, generate, prepare, train
 from soundstorm_jax.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, CliError, Output
 
 DESCRIPTION = """SoundStorm in JAX: prepare data, train, encode/decode audio and generate.
+
+  soundstorm demo --out demo                                      # everything below, on the embedded corpus
 
   soundstorm prepare --audio AUDIO_DIR --out data/mine            # TFDS audio dataset
   soundstorm train --config configs/codec_tiny.py --workdir runs/codec --config.data.dir=data/mine/audio
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(subparsers, [common])
     codec_io.add_parsers(subparsers, [common])
     generate.add_parser(subparsers, [common])
+    demo.add_parser(subparsers, [common])
     return parser
 
 

@@ -15,8 +15,8 @@ import numpy as np
 FLOOR_DB = -80.0
 
 
-def log_spectrogram(audio: np.ndarray, *, n_fft: int = 256, hop: int = 64) -> np.ndarray:
-    """(bins, frames) magnitudes in dB relative to the loudest bin, floored at FLOOR_DB."""
+def log_power(audio: np.ndarray, *, n_fft: int = 256, hop: int = 64, floor_db: float = -100.0) -> np.ndarray:
+    """(bins, frames) STFT magnitudes in absolute dB (full scale sine ~ +42 dB), floored at `floor_db`."""
     audio = np.asarray(audio, np.float64).ravel()
     if audio.size < n_fft:
         audio = np.pad(audio, (0, n_fft - audio.size))
@@ -24,7 +24,12 @@ def log_spectrogram(audio: np.ndarray, *, n_fft: int = 256, hop: int = 64) -> np
     index = np.arange(n_fft)[None, :] + hop * np.arange(frames)[:, None]
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
     magnitude = np.abs(np.fft.rfft(audio[index] * window, axis=1)).T  # (bins, frames)
-    db = 20 * np.log10(np.maximum(magnitude, 1e-10))
+    return np.maximum(20 * np.log10(np.maximum(magnitude, 1e-10)), floor_db)
+
+
+def log_spectrogram(audio: np.ndarray, *, n_fft: int = 256, hop: int = 64) -> np.ndarray:
+    """(bins, frames) magnitudes in dB relative to the loudest bin, floored at FLOOR_DB."""
+    db = log_power(audio, n_fft=n_fft, hop=hop, floor_db=-1e9)
     return np.maximum(db - db.max(), FLOOR_DB)
 
 

@@ -55,6 +55,32 @@ def int16_to_float(audio: np.ndarray) -> np.ndarray:
   return np.asarray(audio, np.float32) / INT16_SCALE
 
 
+def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> str:
+  """Writes a float waveform (clipped to [-1, 1], NaN -> 0) as a 16-bit mono WAV; returns the path.
+
+  Raises `AudioError` naming the file when it cannot be written.
+  """
+  audio = np.clip(np.nan_to_num(np.asarray(audio, np.float32)), -1.0, 1.0)
+  try:
+    soundfile.write(os.fspath(path), audio, int(sample_rate), subtype="PCM_16")
+  except Exception as e:  # soundfile raises several types (RuntimeError, OSError, ...).
+    raise AudioError(f"cannot write {os.fspath(path)!r}: {e}") from e
+  return os.fspath(path)
+
+
+def write_waveforms(waveforms, out_dir: str | os.PathLike, sample_rate: int, *,
+                    prefix: str = "sample") -> list[str]:
+  """One WAV per waveform, `out_dir/{prefix}_{i:03d}.wav` (folder created); the paths in order."""
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise AudioError(f"cannot create output folder {os.fspath(out_dir)!r}: {e.strerror or e}") from e
+  if not os.access(out_dir, os.W_OK):
+    raise AudioError(f"output folder {os.fspath(out_dir)!r} is not writable")
+  return [write_wav(os.path.join(out_dir, f"{prefix}_{i:03d}.wav"), w, sample_rate)
+          for i, w in enumerate(waveforms)]
+
+
 def load_audio(
     path: str | os.PathLike,
     target_sample_rate: Optional[int] = None,

@@ -214,12 +214,15 @@ def _decode_audio(model, variables, codes):
 
 
 def generate(model, variables, num_frames: int | None = None, *, pad_value: int = -1, decode_audio=None,
-             return_codes: bool = False, **options):
+             return_codes: bool = False, output_dir=None, file_prefix: str = "sample", **options):
     """Generate codes ``(batch, frames, levels)`` with a trained :class:`SoundStorm`.
 
     With a codec attached (and ``decode_audio`` not False) returns a list of
     float32 waveforms, one per example, trimmed to its length (valid frames x
-    hop); ``return_codes=True`` returns ``(waveforms, codes)``.
+    hop); ``return_codes=True`` returns ``(waveforms, codes)``. With
+    ``output_dir`` the waveforms are written there instead, as 16-bit WAVs
+    ``{file_prefix}_000.wav``, ``..._001.wav``, ..., and the list of paths is
+    returned in their place.
 
     Options (keyword arguments of :func:`prepare_inputs`, which checks them):
       model, variables: the ``SoundStorm`` module and its variables.
@@ -245,16 +248,24 @@ def generate(model, variables, num_frames: int | None = None, *, pad_value: int 
         reuse (None or 1: exact length).
       pad_value: what padded frames hold in the output.
     """
+    if output_dir is not None and (model.codec is None or decode_audio is False):
+        raise ValueError("output_dir= writes audio files: it needs a codec attached to SoundStorm "
+                         "(SoundStorm(net, codec=...)) and decode_audio not False")
     inputs = prepare_inputs(model, num_frames, **options)
     n = inputs.pop("num_frames")
     if decode_audio and model.codec is None:
         raise ValueError("decode_audio=True needs a codec attached to SoundStorm")
+    if output_dir is not None:  # An unwritable folder fails before the program runs.
+        from soundstorm_jax.data.audio_io import write_waveforms
+        write_waveforms([], output_dir, model.codec.target_sample_hz)
     codes = _program(model, pad_value=int(pad_value), variables=variables, **inputs)[:, :n]
     if model.codec is None or decode_audio is False:
         return codes
     audio = np.asarray(_decode_audio(model, variables, codes))
     lengths = np.asarray(inputs["valid"])[:, :n].sum(axis=1) * model.codec.hop_length
     waveforms = [audio[i, :length] for i, length in enumerate(lengths)]
+    if output_dir is not None:
+        waveforms = write_waveforms(waveforms, output_dir, model.codec.target_sample_hz, prefix=file_prefix)
     return (waveforms, codes) if return_codes else waveforms
 
 

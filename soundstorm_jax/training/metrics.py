@@ -40,7 +40,8 @@ class MetricsWriter:
         line = json.dumps({k: to_python(v) for k, v in record.items()}, sort_keys=True)
         with open(self.path, "a") as f:
             f.write(line + "\n")
-        print(line, file=self.stream, flush=True)
+        if self.stream is not None:
+            print(line, file=self.stream, flush=True)
 
 
 def model_flops_per_step(config: Any, *, batch_size: Optional[int] = None, frames: Optional[int] = None) -> float:

@@ -1,0 +1,43 @@
+"""The demo's codec: a small SoundStream at 16 kHz, 50 frames/s, 6 levels x 256 codes (~2.4 kbps).
+
+    soundstorm demo                      # trains it as its second stage
+    python train.py --config configs/demo_codec.py --workdir runs/demo_codec
+
+Sized to learn speech-like reconstructions of the embedded eSpeak corpus in a
+few CPU minutes: mel reconstruction loss only (no GAN; `soundstorm demo
+--minutes` buys more steps), centred (non-causal) convolutions, no quantizer
+dropout. About 0.36 s per step (2 s of audio) on a 2-core CPU. For a real
+codec start from configs/codec_paper.py.
+"""
+import ml_collections
+
+from configs import codec_tiny
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = codec_tiny.get_config()
+    config.total_steps = 800  # `soundstorm demo` sets this from --minutes
+
+    gen = config.model.generator
+    gen.strides, gen.channels, gen.dim = (2, 4, 5, 8), 8, 64  # hop 320: 50 frames/s at 16 kHz
+    gen.codebook_size, gen.rq_num_quantizers = 256, 6
+    gen.causal = False
+    gen.quantizer_dropout = 0.0
+
+    config.loss.mel_scales = (128, 512)
+    config.loss.mel_bins = 64
+    config.loss.adversarial_weight = 0.0  # the discriminator still runs; its loss does not reach the codec
+    config.loss.feature_matching_weight = 0.0
+    config.loss.adversarial_start_step = 10**9
+
+    config.optimizer.generator_lr = 3e-3
+    config.optimizer.b1, config.optimizer.b2 = 0.9, 0.99
+
+    config.data.batch_size = 8
+    config.data.segment_samples = 4000  # 0.25 s crops
+
+    config.checkpoint.every_steps = 200
+    config.checkpoint.keep = 1
+    config.logging.every_steps = 50
+    config.logging.eval_every_steps = 400
+    return config

@@ -1,0 +1,294 @@
+"""`soundstorm demo`: the whole pipeline on the embedded corpus, start to finish, on a laptop CPU.
+
+Stages (each timed; the report lists them):
+  1. corpus      synthesize the eSpeak corpus (tiny: ~4 min of speech, 6 voices, one held out)
+  2. codec       train configs/demo_codec.py on it (time-boxed)
+  3. encode      encode the corpus into a codes dataset; codec quality on the held-out voice
+  4. soundstorm  train configs/demo.py on the codes, conditioned on the phoneme ids (time-boxed)
+  5. evaluate    held-out accuracy per level (sampler's view of a level) against a unigram baseline
+  6. generate    held-out sentences spoken from held-out voice prompts: WAVs and spectrogram PNGs
+
+OUT/report.json and OUT/report.md hold the figures; OUT/samples the audio.
+The two training stages share what `--minutes` leaves after the fixed stages
+(about RESERVED_MINUTES): the codec 45%, SoundStorm 55%. Both stop at their
+time limit with a checkpoint, so OUT/codec and OUT/soundstorm are ordinary
+train.py workdirs that `soundstorm generate` (or a longer run) can pick up.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+from soundstorm_jax.cli import spectrogram
+from soundstorm_jax.cli.common import CliError, load_config_file, make_out_dir, write_wav
+
+DEFAULT_MINUTES = 12.0
+MIN_MINUTES = 3.0
+RESERVED_MINUTES = 2.0   # corpus, encoding, evaluation, generation and compiles
+CODEC_SHARE = 0.45
+FINAL_STAGES_SECONDS = 75.0  # evaluation, generation and the report (compiles included)
+SOUNDSTORM_SECONDS_PER_STEP = 0.9  # configs/demo.py on a 2-core CPU; sets the LR schedule's length
+SAMPLE_RATE, FRAME_RATE = 16000, 50.0
+
+
+def add_parser(subparsers, parents):
+    parser = subparsers.add_parser(
+        "demo", parents=parents, help="the whole pipeline on the embedded corpus (~12 min on a laptop CPU)",
+        description="Build the embedded eSpeak corpus, train a tiny codec, encode the corpus, train a tiny "
+                    "SoundStorm conditioned on phonemes, then speak held-out sentences in a held-out voice. "
+                    "Writes WAVs, spectrogram PNGs and report.md / report.json under --out.")
+    parser.add_argument("--out", metavar="DIR", default="demo", help="output folder (default ./demo)")
+    parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
+                        help=f"wall-clock budget for the whole demo (default {DEFAULT_MINUTES:g}); more minutes "
+                             f"train longer and sound better, e.g. --minutes 40 (at least {MIN_MINUTES:g})")
+    parser.add_argument("--corpus", choices=("tiny", "small"), default="tiny",
+                        help="embedded corpus size: tiny (~4 min of speech, built in seconds) or small (~1 h)")
+    parser.add_argument("--samples", type=int, default=3, help="held-out sentences to generate (default 3)")
+    parser.add_argument("--prompt-seconds", type=float, default=1.0,
+                        help="length of the held-out voice prompt (default 1.0 s)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="demasking passes on the first level (default: the config's, 8)")
+    parser.add_argument("--seed", type=int, default=0, help="corpus, training and sampling seed (default 0)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+class Stages:
+    """Wall time per stage, in order."""
+
+    def __init__(self, out):
+        self.out, self.seconds, self._name, self._start = out, {}, None, None
+
+    def start(self, name: str, message: str) -> None:
+        self.out.info(f"[{len(self.seconds) + 1}/6] {message}")
+        self._name, self._start = name, time.perf_counter()
+
+    def stop(self) -> None:
+        self.seconds[self._name] = round(time.perf_counter() - self._start, 1)
+
+
+def _check_args(args) -> None:
+    if not args.minutes >= MIN_MINUTES:
+        raise CliError(f"--minutes must be at least {MIN_MINUTES:g} (the fixed stages alone take about "
+                       f"{RESERVED_MINUTES:g}), got {args.minutes:g}")
+    if args.samples < 1:
+        raise CliError(f"--samples must be positive, got {args.samples}")
+    if not 0.2 <= args.prompt_seconds <= 3.0:
+        raise CliError(f"--prompt-seconds must lie in [0.2, 3], got {args.prompt_seconds:g}")
+    if args.steps is not None and args.steps < 1:
+        raise CliError(f"--steps must be positive, got {args.steps}")
+    for stage in ("codec", "soundstorm"):
+        path = os.path.join(args.out, stage)
+        if os.path.isdir(path) and os.listdir(path):
+            raise CliError(f"{path!r} already holds a run; give a new --out folder (the demo starts from scratch)")
+
+
+def _train(config, workdir: str, seconds: float, out, desc: str):
+    """train.py's loop, time-boxed; the bar runs over the time limit (the first seconds compile)."""
+    from tqdm import tqdm
+
+    from soundstorm_jax import training
+    start = time.perf_counter()
+    with tqdm(total=round(seconds), desc=desc, unit="s", disable=out.quiet,
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s{postfix}") as bar:
+        def on_step(step):
+            bar.update(min(time.perf_counter() - start, seconds) - bar.n)
+            bar.set_postfix(step=step, refresh=False)
+        summary = training.train_and_evaluate(config, workdir, time_limit_s=seconds, on_step=on_step, stream=None)
+        bar.update(bar.total - bar.n)
+        return summary
+
+
+def _records(builder, split: str) -> list[dict]:
+    source = builder.as_data_source(split)
+    return [source[i] for i in range(len(source))]
+
+
+def _codec_quality(codec, audio_records: list[dict], codes_by_id: dict) -> dict:
+    """Reconstruction quality on held-out utterances: SNR and log-spectral distance (dB)."""
+    snrs, lsds = [], []
+    for record in audio_records:
+        audio = record["audio"].astype(np.float32) / 32767.0
+        codes = codes_by_id[record["id"].decode()]
+        rec = np.asarray(codec.decode(codes[None].astype(np.int32)))[0][:len(audio)]
+        audio = audio[:len(rec)]
+        snrs.append(10 * np.log10(np.sum(audio ** 2) / max(np.sum((audio - rec) ** 2), 1e-12)))
+        a = spectrogram.log_power(audio)
+        b = spectrogram.log_power(rec)
+        lsds.append(float(np.mean(np.sqrt(np.mean((a - b) ** 2, axis=0)))))
+    return dict(snr_db=round(float(np.mean(snrs)), 2), log_spectral_distance_db=round(float(np.mean(lsds)), 2),
+                utterances=len(audio_records))
+
+
+def run(args, out, extra):
+    del extra
+    _check_args(args)
+    make_out_dir(args.out)
+    begin = time.perf_counter()
+    stages = Stages(out)
+    train_seconds = (args.minutes - RESERVED_MINUTES) * 60
+    report = dict(command="demo", out=args.out, minutes=args.minutes, seed=args.seed, corpus=args.corpus)
+
+    import tensorflow_datasets as tfds
+    tfds.disable_progress_bar()  # The stages have their own bars.
+    from soundstorm_jax.data import espeak_corpus, prepare_codes_dataset, prepare_corpus
+    from soundstorm_jax.training.codec_task import load_codec
+
+    stages.start("corpus", f"building the {args.corpus} eSpeak corpus ...")
+    corpus = prepare_corpus(args.corpus, args.seed, sample_rate=SAMPLE_RATE, frame_rate=FRAME_RATE,
+                            cache_dir=os.path.join(args.out, "data", "corpus"), progress=not out.quiet)
+    audio_dir = os.path.dirname(os.path.dirname(corpus.data_dir))
+    report["corpus_splits"] = {k: int(v.num_examples) for k, v in corpus.info.splits.items()}
+    stages.stop()
+
+    stages.start("codec", f"training the codec ({CODEC_SHARE * train_seconds / 60:.1f} min) ...")
+    codec_config = load_config_file("configs/demo_codec.py")
+    codec_config.seed = args.seed
+    codec_config.data.dir = audio_dir
+    codec_config.total_steps = 10**6  # A constant learning rate: the time limit ends the run.
+    summary = _train(codec_config, os.path.join(args.out, "codec"), CODEC_SHARE * train_seconds, out, "codec")
+    report["codec"] = dict(steps=summary.step, train_mel_loss=summary.last_metrics.get("mel_loss"),
+                           eval_mel_loss=(summary.last_eval or {}).get("eval_mel_loss"))
+    stages.stop()
+
+    stages.start("encode", "encoding the corpus with the codec ...")
+    codec = load_codec(os.path.join(args.out, "codec"))
+    codes_dir = os.path.join(args.out, "data", "codes")
+    codes_builder = prepare_codes_dataset(
+        codes_dir, audio_source=corpus, encode_fn=codec.encode, samples_per_frame=codec.hop_length,
+        num_levels=codec.num_quantizers, codebook_size=codec.codebook_size, encode_batch_size=8,
+        pad_to_multiple=2 * codec.target_sample_hz,  # 2 s buckets: a few compiled shapes
+        metadata=dict(corpus.info.metadata or {}, sample_rate=codec.target_sample_hz, frame_rate=codec.frame_rate))
+    train_codes = _records(codes_builder, "train")
+    held_out = _records(codes_builder, "validation")
+    codes_by_id = {r["id"].decode(): r["codes"] for r in held_out}
+    report["codec"].update(_codec_quality(codec, _records(corpus, "validation"), codes_by_id))
+    stages.stop()
+
+    # SoundStorm gets whatever is left but the last stages' share, so codec overruns do not add up.
+    remaining = max(30.0, begin + args.minutes * 60 - FINAL_STAGES_SECONDS - time.perf_counter())
+    stages.start("soundstorm", f"training SoundStorm ({remaining / 60:.1f} min) ...")
+    config = load_config_file("configs/demo.py")
+    config.seed = args.seed
+    config.data.dir = codes_dir
+    config.total_steps = max(50, int(remaining / SOUNDSTORM_SECONDS_PER_STEP))
+    if args.steps is not None:
+        config.objective.steps = args.steps
+    summary = _train(config, os.path.join(args.out, "soundstorm"), remaining, out, "soundstorm")
+    report["soundstorm"] = dict(steps=summary.step, planned_steps=int(config.total_steps),
+                                train_loss=summary.last_metrics.get("loss"),
+                                train_accuracy=summary.last_metrics.get("accuracy"))
+    stages.stop()
+
+    stages.start("evaluate", "held-out accuracy per level ...")
+    from soundstorm_jax.cli.generate import load_soundstorm
+    from soundstorm_jax.maskgit.evaluation import accuracy_table, level_accuracy, unigram_accuracy
+    model, variables, config = load_soundstorm(os.path.join(args.out, "soundstorm"))
+    prompt_frames = int(round(args.prompt_seconds * codec.frame_rate))
+    examples = [dict(codes=r["codes"], semantic_ids=r["semantic_ids"]) for r in held_out]
+    accuracy = level_accuracy(model, variables, examples, prompt_frames=prompt_frames)
+    baseline = unigram_accuracy([r["codes"] for r in train_codes], [r["codes"] for r in held_out],
+                                num_quantizers=model.net.num_quantizers, codebook_size=model.net.codebook_size,
+                                prompt_frames=prompt_frames)
+    report["held_out_accuracy"] = accuracy_table(accuracy, baseline)
+    report["held_out"] = dict(utterances=len(held_out), speakers=sorted({r["speaker"].decode() for r in held_out}),
+                              prompt_frames=prompt_frames)
+    stages.stop()
+
+    stages.start("generate", f"speaking {args.samples} held-out sentence(s) in the held-out voice ...")
+    script = {u.id: u for u in espeak_corpus.utterances(args.corpus, args.seed)}
+    report["samples"] = _generate_samples(model, variables, codec, held_out, script, prompt_frames, args, out)
+    stages.stop()
+
+    report["stage_seconds"] = stages.seconds
+    report["total_seconds"] = round(time.perf_counter() - begin, 1)
+    paths = _write_report(report, args.out)
+    out.result(dict(report, report_files=paths), _summary_lines(report, paths))
+    return 0
+
+
+def _generate_samples(model, variables, codec, held_out, script, prompt_frames, args, out) -> list[dict]:
+    """Sample i: the voice prompt is held-out utterance i's first frames (codes and phonemes); the
+    sentence is utterance i+1's text, phonemized with the prompt speaker's voice, rate and pitch."""
+    import jax
+
+    from soundstorm_jax.data import phonemize
+    from soundstorm_jax.sampler.generate import generate
+
+    samples_dir = make_out_dir(os.path.join(args.out, "samples"))
+    key = jax.random.PRNGKey(args.seed)
+    results = []
+    for i in out.progress(range(args.samples), desc="generate", unit="sample"):
+        prompt_record = held_out[i % len(held_out)]
+        text_record = held_out[(i + 1) % len(held_out)]
+        utt = script[os.path.basename(prompt_record["id"].decode())]  # ids are split/speaker/utterance
+        text = text_record["text"].decode()
+        timed = phonemize(text, voice=utt.speaker.voice, rate=utt.rate, pitch=utt.pitch, frame_rate=FRAME_RATE)
+        prompt = np.asarray(prompt_record["codes"][:prompt_frames], np.int32)
+        semantic = np.concatenate([prompt_record["semantic_ids"][:prompt_frames], timed.frame_ids]).astype(np.int32)
+        codes = np.asarray(generate(model, variables, semantic_ids=semantic[None], prompt=prompt,
+                                    key=jax.random.fold_in(key, i)))[0]
+        audio = np.asarray(codec.decode(codes[None].astype(np.int32)))[0]
+        prompt_audio = audio[:prompt_frames * codec.hop_length]
+        stem = os.path.join(samples_dir, f"sample_{i:03d}")
+        files = [write_wav(stem + ".wav", audio, codec.target_sample_hz),
+                 write_wav(stem + "_prompt.wav", prompt_audio, codec.target_sample_hz),
+                 spectrogram.write_spectrogram(stem + ".png", audio[len(prompt_audio):], prompt_audio)]
+        with open(stem + ".txt", "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        results.append(dict(wav=files[0], prompt_wav=files[1], spectrogram=files[2], text=text,
+                            prompt_from=prompt_record["id"].decode(), voice=utt.speaker.voice,
+                            seconds=round(len(audio) / codec.target_sample_hz, 2),
+                            sample_rate=codec.target_sample_hz))
+    return results
+
+
+def _write_report(report: dict, out_dir: str) -> list[str]:
+    json_path = os.path.join(out_dir, "report.json")
+    with open(json_path, "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    md_path = os.path.join(out_dir, "report.md")
+    with open(md_path, "w") as f:
+        f.write("\n".join(_markdown(report)) + "\n")
+    return [md_path, json_path]
+
+
+def _markdown(r: dict) -> list[str]:
+    c, s = r["codec"], r["soundstorm"]
+    lines = [f"# soundstorm demo ({r['corpus']} corpus, seed {r['seed']}, {r['minutes']:g} minute budget)", "",
+             "## Codec (held-out voice)", "",
+             f"{c['steps']} steps; SNR {c['snr_db']} dB, log-spectral distance {c['log_spectral_distance_db']} dB "
+             f"over {c['utterances']} utterances; eval mel loss {_fmt(c['eval_mel_loss'])}.", "",
+             "## SoundStorm held-out accuracy per level", "",
+             f"{s['steps']} of {s['planned_steps']} planned steps; final training loss {_fmt(s['train_loss'])}. "
+             f"Greedy accuracy with the first {r['held_out']['prompt_frames']} frames as prompt, lower levels given, "
+             f"the level and those above masked, on {r['held_out']['utterances']} held-out utterances; unigram = "
+             f"always the level's most frequent training code.", "",
+             "| level | accuracy | unigram | ratio |", "|---|---|---|---|"]
+    lines += [f"| {row['level']} | {row['accuracy']:.3f} | {row['unigram']:.3f} | {_fmt(row['ratio'])} |"
+              for row in r["held_out_accuracy"]]
+    lines += ["", "## Samples", ""]
+    lines += [f"- `{os.path.basename(x['wav'])}` ({x['seconds']} s, prompt from {x['prompt_from']}): "
+              f"\"{x['text']}\"" for x in r["samples"]]
+    lines += ["", "## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {sec} |" for name, sec in r["stage_seconds"].items()]
+    lines += [f"| total | {r['total_seconds']} |"]
+    return lines
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def _summary_lines(r: dict, paths: list[str]) -> list[str]:
+    acc = r["held_out_accuracy"]
+    mean = lambda key: float(np.mean([row[key] for row in acc]))  # noqa: E731
+    lines = [f"codec: {r['codec']['steps']} steps, held-out SNR {r['codec']['snr_db']} dB",
+             f"soundstorm: {r['soundstorm']['steps']} steps, held-out accuracy per level "
+             + " ".join(f"{row['accuracy']:.2f}" for row in acc)
+             + f" (mean {mean('accuracy'):.3f} vs unigram {mean('unigram'):.3f})"]
+    lines += [f"wrote {x['wav']}" for x in r["samples"]]
+    return lines + [f"report: {paths[0]}", f"total {r['total_seconds']:.0f} s"]

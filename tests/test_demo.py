@@ -1,0 +1,137 @@
+"""`soundstorm demo`, end to end through the real console script, and `generate --text` on what it trained.
+
+One short demo run (its --minutes is the least that still trains both models
+for a few hundred seconds of speech) is shared by the module: the tests check
+its WAVs, spectrograms and report, then drive `soundstorm generate` with text
+and semantic files on the phoneme-conditioned model it trained.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MINUTES = 4.0
+HOP, RATE = 320, 16000
+
+pytestmark = pytest.mark.slow
+
+
+def soundstorm_command():
+    exe = shutil.which("soundstorm")
+    return [exe] if exe else [sys.executable, "-m", "soundstorm_jax"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    env = dict(os.environ)
+    env["JAX_PLATFORMS"] = "cpu"
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env["SOUNDSTORM_JAX_CACHE"] = str(tmp_path_factory.mktemp("corpus_cache"))
+    return env
+
+
+def cli(env, *args, expect=0):
+    result = subprocess.run(soundstorm_command() + [str(a) for a in args], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == expect, (result.returncode, result.stdout[-2000:], result.stderr[-4000:])
+    return result
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, env):
+    out = tmp_path_factory.mktemp("demo")
+    result = cli(env, "--json", "demo", "--out", out, "--minutes", MINUTES, "--samples", 2)
+    return out, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_demo_writes_speech_like_wavs_of_the_right_length(demo):
+    from soundstorm_jax.data import phonemize
+
+    out, report = demo
+    assert len(report["samples"]) == 2
+    prompt_frames = report["held_out"]["prompt_frames"]
+    for sample in report["samples"]:
+        audio, rate = soundfile.read(sample["wav"], dtype="float32")
+        assert rate == RATE and audio.ndim == 1
+        assert np.all(np.isfinite(audio))
+        rms = float(np.sqrt(np.mean(audio ** 2)))
+        assert rms > 1e-3, f"{sample['wav']} is silent (rms {rms})"
+        assert np.abs(audio).max() < 1.0 or rms < 0.5  # not saturated noise
+        # Prompt frames + one frame per phoneme frame of the sentence, spoken in the prompt's voice.
+        from soundstorm_jax.data.espeak_corpus import utterances
+        script = {u.id: u for u in utterances("tiny", 0)}
+        utt = script[os.path.basename(sample["prompt_from"])]
+        frames = prompt_frames + len(phonemize(sample["text"], voice=utt.speaker.voice, rate=utt.rate,
+                                               pitch=utt.pitch, frame_rate=50.0).frame_ids)
+        assert audio.shape == (frames * HOP,)
+        prompt, prompt_rate = soundfile.read(sample["prompt_wav"], dtype="float32")
+        assert prompt_rate == RATE and prompt.shape == (prompt_frames * HOP,)
+        with open(sample["spectrogram"], "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert os.path.dirname(sample["wav"]) == str(out / "samples")
+
+
+def test_demo_report_beats_the_unigram_baseline(demo):
+    out, report = demo
+    rows = report["held_out_accuracy"]
+    assert [r["level"] for r in rows] == list(range(1, 7))
+    accuracy = np.array([r["accuracy"] for r in rows])
+    unigram = np.array([r["unigram"] for r in rows])
+    assert accuracy[0] > unigram[0], rows
+    assert accuracy.mean() > unigram.mean(), rows
+    assert report["codec"]["steps"] > 0 and report["soundstorm"]["steps"] > 0
+    assert np.isfinite(report["codec"]["snr_db"]) and np.isfinite(report["codec"]["log_spectral_distance_db"])
+    assert set(report["stage_seconds"]) == {"corpus", "codec", "encode", "soundstorm", "evaluate", "generate"}
+    # The budget is kept within a margin (compiles are not interruptible).
+    assert report["total_seconds"] < MINUTES * 60 + 90
+    markdown = (out / "report.md").read_text()
+    assert "| level | accuracy | unigram | ratio |" in markdown and "| total |" in markdown
+
+
+def test_generate_from_text_and_semantic_files_on_the_demo_model(demo, env, tmp_path):
+    out, report = demo
+    model, codec = out / "soundstorm", out / "codec"
+    prompt_wav = report["samples"][0]["prompt_wav"]
+    result = cli(env, "--json", "generate", model, "--codec", codec, "--text", "The blue boat sails home.",
+                 "--prompt-audio", prompt_wav, "--num-samples", 2, "--seed", 3, "--spectrogram",
+                 "--out", tmp_path / "text")
+    record = json.loads(result.stdout)
+    wavs = [f for f in record["files"] if f.endswith(".wav")]
+    assert len(wavs) == 2 and record["sample_rate"] == RATE
+    from soundstorm_jax.data import phonemize
+    frames = len(phonemize("The blue boat sails home.", frame_rate=50.0).frame_ids)
+    for path in wavs:
+        audio, rate = soundfile.read(path, dtype="float32")
+        assert rate == RATE and audio.shape == (frames * HOP,) and np.all(np.isfinite(audio))
+        assert np.sqrt(np.mean(audio ** 2)) > 1e-3
+
+    ids = phonemize("Seven green birds.", frame_rate=50.0).frame_ids
+    np.save(tmp_path / "semantic.npy", ids)
+    result = cli(env, "--json", "generate", model, "--codec", codec, "--semantic", tmp_path / "semantic.npy",
+                 "--steps", "4,1,1,1,1,1", "--out", tmp_path / "semantic")
+    audio, _ = soundfile.read(json.loads(result.stdout)["files"][0], dtype="float32")
+    assert audio.shape == (len(ids) * HOP,)
+
+    # Text the phonemiser cannot speak: exit 2, one line, before the model is loaded.
+    result = cli(env, "generate", model, "--codec", codec, "--text", "ok \u4f60\u597d", "--out", tmp_path / "x",
+                 expect=2)
+    assert "Traceback" not in result.stderr and result.stderr.count("error: ") == 1
+
+
+def test_demo_bad_inputs(env, tmp_path):
+    result = cli(env, "demo", "--minutes", 1, "--out", tmp_path / "a", expect=2)
+    assert "--minutes must be at least" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "b" / "codec").mkdir(parents=True)
+    (tmp_path / "b" / "codec" / "config.json").write_text("{}")
+    result = cli(env, "demo", "--out", tmp_path / "b", expect=2)
+    assert "already holds a run" in result.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = cli(env, "demo", "--out", blocker / "sub", expect=2)
+    assert "cannot create output folder" in result.stderr
