@@ -98,18 +98,21 @@ def test_generate_from_text_and_semantic_files_on_the_demo_model(demo, env, tmp_
     out, report = demo
     model, codec = out / "soundstorm", out / "codec"
     prompt_wav = report["samples"][0]["prompt_wav"]
-    result = cli(env, "--json", "generate", model, "--codec", codec, "--text", "The blue boat sails home.",
-                 "--prompt-audio", prompt_wav, "--num-samples", 2, "--seed", 3, "--spectrogram",
-                 "--out", tmp_path / "text")
-    record = json.loads(result.stdout)
-    wavs = [f for f in record["files"] if f.endswith(".wav")]
-    assert len(wavs) == 2 and record["sample_rate"] == RATE
     from soundstorm_jax.data import phonemize
-    frames = len(phonemize("The blue boat sails home.", frame_rate=50.0).frame_ids)
-    for path in wavs:
-        audio, rate = soundfile.read(path, dtype="float32")
-        assert rate == RATE and audio.shape == (frames * HOP,) and np.all(np.isfinite(audio))
-        assert np.sqrt(np.mean(audio ** 2)) > 1e-3
+    prompt_frames = report["held_out"]["prompt_frames"]
+    frames = prompt_frames + len(phonemize("The blue boat sails home.", frame_rate=50.0).frame_ids)
+    for extra in ([], ["--prompt-text", report["samples"][0]["text"]]):
+        out_dir = tmp_path / f"text{len(extra)}"
+        result = cli(env, "--json", "generate", model, "--codec", codec, "--text", "The blue boat sails home.",
+                     "--prompt-audio", prompt_wav, "--num-samples", 2, "--seed", 3, "--spectrogram",
+                     "--out", out_dir, *extra)
+        record = json.loads(result.stdout)
+        wavs = [f for f in record["files"] if f.endswith(".wav")]
+        assert len(wavs) == 2 and record["sample_rate"] == RATE
+        for path in wavs:  # The prompt's frames, then the sentence's.
+            audio, rate = soundfile.read(path, dtype="float32")
+            assert rate == RATE and audio.shape == (frames * HOP,) and np.all(np.isfinite(audio))
+            assert np.sqrt(np.mean(audio ** 2)) > 1e-3
 
     ids = phonemize("Seven green birds.", frame_rate=50.0).frame_ids
     np.save(tmp_path / "semantic.npy", ids)
@@ -122,6 +125,9 @@ def test_generate_from_text_and_semantic_files_on_the_demo_model(demo, env, tmp_
     result = cli(env, "generate", model, "--codec", codec, "--text", "ok \u4f60\u597d", "--out", tmp_path / "x",
                  expect=2)
     assert "Traceback" not in result.stderr and result.stderr.count("error: ") == 1
+    result = cli(env, "generate", model, "--codec", codec, "--text", "Hello.", "--prompt-text", "Hi.",
+                 "--out", tmp_path / "x", expect=2)
+    assert "--prompt-text goes with --text and a prompt" in result.stderr
 
 
 def test_demo_bad_inputs(env, tmp_path):

@@ -92,7 +92,7 @@ def _train(config, workdir: str, seconds: float, out, desc: str):
 
     from soundstorm_jax import training
     start = time.perf_counter()
-    with tqdm(total=round(seconds), desc=desc, unit="s", disable=out.quiet,
+    with tqdm(total=round(seconds), desc=desc, unit="s", disable=out.quiet, mininterval=1.0,
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s{postfix}") as bar:
         def on_step(step):
             bar.update(min(time.perf_counter() - start, seconds) - bar.n)
@@ -110,10 +110,13 @@ def _records(builder, split: str) -> list[dict]:
 def _codec_quality(codec, audio_records: list[dict], codes_by_id: dict) -> dict:
     """Reconstruction quality on held-out utterances: SNR and log-spectral distance (dB)."""
     snrs, lsds = [], []
+    bucket = 2 * int(codec.frame_rate)  # Codes padded to 2 s multiples: a few compiled shapes, not one per file.
     for record in audio_records:
         audio = record["audio"].astype(np.float32) / 32767.0
         codes = codes_by_id[record["id"].decode()]
-        rec = np.asarray(codec.decode(codes[None].astype(np.int32)))[0][:len(audio)]
+        padded = np.zeros((1, -(-len(codes) // bucket) * bucket, codes.shape[1]), np.int32)
+        padded[0, :len(codes)] = codes
+        rec = np.asarray(codec.decode(padded))[0][:min(len(audio), len(codes) * codec.hop_length)]
         audio = audio[:len(rec)]
         snrs.append(10 * np.log10(np.sum(audio ** 2) / max(np.sum((audio - rec) ** 2), 1e-12)))
         a = spectrogram.log_power(audio)

@@ -48,6 +48,9 @@ def add_parser(subparsers, parents):
                                "(for models trained on the corpus's phoneme tokens); sets the length like --semantic")
     parser.add_argument("--voice", default="en-us",
                         help="with --text: the eSpeak voice whose timing the phonemes follow (default en-us)")
+    parser.add_argument("--prompt-text", default=None,
+                        help="with --text and a prompt: what the prompt says; its phonemes, stretched over the "
+                             "prompt's frames, condition them (without it the prompt's frames are unconditioned)")
     parser.add_argument("--steps", default=None,
                         help="demasking passes: an int (first level; one pass on each later level) or one per "
                              "level, comma separated, e.g. 16,4,1 (default: the model's)")
@@ -140,6 +143,16 @@ def _text_semantic(text, voice, config, num_samples):
     return np.ascontiguousarray(np.broadcast_to(ids.astype(np.int32), (num_samples, ids.shape[0])))
 
 
+def _prompt_semantic(args, config, net, frames: int, num_samples: int) -> np.ndarray:
+    """(num_samples, frames) ids for the prompt's frames: --prompt-text's phonemes stretched over them, else
+    the semantic pad id (no conditioning there)."""
+    if args.prompt_text is None:
+        return np.full((num_samples, frames), net.semantic_pad_id, np.int32)
+    ids = _text_semantic(args.prompt_text, args.voice, config, 1)[0]
+    stretched = ids[np.arange(frames) * len(ids) // frames]
+    return np.ascontiguousarray(np.broadcast_to(stretched, (num_samples, frames)))
+
+
 def run(args, out, extra):
     del extra
     import jax
@@ -173,9 +186,12 @@ def run(args, out, extra):
     if prompt is not None and prompt.ndim != 2:
         raise CliError(f"prompt codes {args.prompt_codes!r} must have shape (frames, levels), got {prompt.shape}")
     semantic = _semantic(args.semantic, args.num_samples)
-    if args.text is not None:
-        from soundstorm_jax.data.phonemes import check_speakable
-        check_speakable(args.text)  # ValueError naming the characters: exit 2.
+    if args.prompt_text is not None and (args.text is None or (prompt is None and args.prompt_audio is None)):
+        raise CliError("--prompt-text goes with --text and a prompt (--prompt-audio or --prompt-codes)")
+    for text in (args.text, args.prompt_text):
+        if text is not None:
+            from soundstorm_jax.data.phonemes import check_speakable
+            check_speakable(text)  # ValueError naming the characters: exit 2.
     if args.frames is None and args.seconds is None and semantic is None and args.text is None:
         raise CliError("give the length: --frames N, --seconds S (with a codec), --semantic FILE.npy or --text")
     make_out_dir(args.out)
@@ -196,6 +212,10 @@ def run(args, out, extra):
                        f"{codec.target_sample_hz} Hz")
         audio = read_audio(args.prompt_audio, codec.target_sample_hz, resample=True, on_resample=note)
         prompt = np.asarray(codec.encode(audio[None], sample_rate=codec.target_sample_hz))[0]
+    if args.text is not None and prompt is not None:
+        # The text is what follows the prompt: the prompt's frames get its own phonemes (or none).
+        semantic = np.concatenate([_prompt_semantic(args, config, net, len(prompt), args.num_samples), semantic],
+                                  axis=1)
     prompt_audio = None
     if args.spectrogram and prompt is not None:  # What the prompt sounds like through the codec.
         prompt_audio = np.asarray(codec.decode(prompt[None].astype(np.int32)))[0]
