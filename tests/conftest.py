@@ -1,8 +1,8 @@
 """Test setup shared by every test module.
 
-Eight emulated CPU devices so the sharding tests run on one machine. This must
-happen before JAX initialises its backend, which is why it lives here, at the
-top of conftest, before anything imports jax.
+Eight emulated CPU devices so the sharding tests run on one machine, and fast
+(unoptimised) CPU compiles. This must happen before JAX initialises its backend,
+which is why it lives here, at the top of conftest, before anything imports jax.
 """
 import os
 
@@ -10,6 +10,12 @@ os.environ.setdefault("XLA_FLAGS", "")
 if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Compiling dominates the suite's time on a CPU (programs run a few times at most), and LLVM's backend
+# passes dominate compiling: -O0 without the expensive passes compiles ~2-3x faster. No test checks a
+# property that depends on how hard LLVM optimises; set --xla_backend_optimization_level yourself to
+# run the suite at another level.
+if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 import jax  # noqa: E402
 

@@ -11,7 +11,7 @@ TRAIN_BATCH = 4
 TRAIN_STEPS = 40
 # The tests run each program a few dozen times at most, so compile time (which the backend's
 # optimisation passes dominate on this CPU) matters far more than run time.
-FAST_COMPILE = {'xla_backend_optimization_level': 0}
+FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
 
 def tiny_soundstream(**overrides) -> SoundStream:
