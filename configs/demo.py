@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.prefetch_buffer_size = 2
 
     config.optimizer.lr = 2e-3
-    config.optimizer.warmup_steps = 30
+    config.optimizer.warmup_steps = 20
     config.optimizer.weight_decay = 0.0
 
     config.checkpoint.every_steps = 200

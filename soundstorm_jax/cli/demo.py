@@ -10,9 +10,10 @@ Stages (each timed; the report lists them):
 
 OUT/report.json and OUT/report.md hold the figures; OUT/samples the audio.
 The two training stages share what `--minutes` leaves after the fixed stages
-(about RESERVED_MINUTES): the codec 45%, SoundStorm 55%. Both stop at their
-time limit with a checkpoint, so OUT/codec and OUT/soundstorm are ordinary
-train.py workdirs that `soundstorm generate` (or a longer run) can pick up.
+(about RESERVED_MINUTES): the codec 40%, SoundStorm the rest. Both stop at their
+time limit with a checkpoint (or, with --codec-steps / --soundstorm-steps, after
+exactly that many steps: the same work on any machine, as the tests run it), so
+OUT/codec and OUT/soundstorm are ordinary train.py workdirs that `soundstorm generate` (or a longer run) can pick up.
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ from soundstorm_jax.cli.common import CliError, load_config_file, make_out_dir, 
 DEFAULT_MINUTES = 12.0
 MIN_MINUTES = 3.0
 RESERVED_MINUTES = 2.0   # corpus, encoding, evaluation, generation and compiles
-CODEC_SHARE = 0.45
+CODEC_SHARE = 0.4
 FINAL_STAGES_SECONDS = 75.0  # evaluation, generation and the report (compiles included)
-SOUNDSTORM_SECONDS_PER_STEP = 0.9  # configs/demo.py on a 2-core CPU; sets the LR schedule's length
+SOUNDSTORM_SECONDS_PER_STEP = 0.45  # configs/demo.py on a 2-core CPU; sets the LR schedule's length
 SAMPLE_RATE, FRAME_RATE = 16000, 50.0
 
 
@@ -52,6 +53,11 @@ def add_parser(subparsers, parents):
     parser.add_argument("--steps", type=int, default=None,
                         help="demasking passes on the first level (default: the config's, 8)")
     parser.add_argument("--seed", type=int, default=0, help="corpus, training and sampling seed (default 0)")
+    parser.add_argument("--codec-steps", type=int, default=None,
+                        help="train the codec for exactly this many steps instead of its share of --minutes "
+                             "(a reproducible run: the same work on any machine)")
+    parser.add_argument("--soundstorm-steps", type=int, default=None,
+                        help="train SoundStorm for exactly this many steps instead of the time left")
     parser.set_defaults(run=run)
     return parser
 
@@ -78,20 +84,27 @@ def _check_args(args) -> None:
         raise CliError(f"--samples must be positive, got {args.samples}")
     if not 0.2 <= args.prompt_seconds <= 3.0:
         raise CliError(f"--prompt-seconds must lie in [0.2, 3], got {args.prompt_seconds:g}")
-    if args.steps is not None and args.steps < 1:
-        raise CliError(f"--steps must be positive, got {args.steps}")
+    for name in ("steps", "codec_steps", "soundstorm_steps"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be positive, got {value}")
     for stage in ("codec", "soundstorm"):
         path = os.path.join(args.out, stage)
         if os.path.isdir(path) and os.listdir(path):
             raise CliError(f"{path!r} already holds a run; give a new --out folder (the demo starts from scratch)")
 
 
-def _train(config, workdir: str, seconds: float, out, desc: str):
-    """train.py's loop, time-boxed; the bar runs over the time limit (the first seconds compile)."""
+def _train(config, workdir: str, seconds, out, desc: str):
+    """train.py's loop, time-boxed (`seconds`; the bar runs over the time, the first seconds compile) or, with
+    `seconds=None`, for config.total_steps (the bar counts steps)."""
     from tqdm import tqdm
 
     from soundstorm_jax import training
     start = time.perf_counter()
+    if seconds is None:
+        with tqdm(total=int(config.total_steps), desc=desc, unit="step", disable=out.quiet, mininterval=1.0) as bar:
+            return training.train_and_evaluate(config, workdir, on_step=lambda step: bar.update(step - bar.n),
+                                               stream=None)
     with tqdm(total=round(seconds), desc=desc, unit="s", disable=out.quiet, mininterval=1.0,
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s{postfix}") as bar:
         def on_step(step):
@@ -100,6 +113,10 @@ def _train(config, workdir: str, seconds: float, out, desc: str):
         summary = training.train_and_evaluate(config, workdir, time_limit_s=seconds, on_step=on_step, stream=None)
         bar.update(bar.total - bar.n)
         return summary
+
+
+def _budget(seconds, steps) -> str:
+    return f"{steps} steps" if seconds is None else f"{seconds / 60:.1f} min"
 
 
 def _records(builder, split: str) -> list[dict]:
@@ -147,12 +164,14 @@ def run(args, out, extra):
     report["corpus_splits"] = {k: int(v.num_examples) for k, v in corpus.info.splits.items()}
     stages.stop()
 
-    stages.start("codec", f"training the codec ({CODEC_SHARE * train_seconds / 60:.1f} min) ...")
+    codec_seconds = None if args.codec_steps else CODEC_SHARE * train_seconds
+    stages.start("codec", f"training the codec ({_budget(codec_seconds, args.codec_steps)}) ...")
     codec_config = load_config_file("configs/demo_codec.py")
     codec_config.seed = args.seed
     codec_config.data.dir = audio_dir
-    codec_config.total_steps = 10**6  # A constant learning rate: the time limit ends the run.
-    summary = _train(codec_config, os.path.join(args.out, "codec"), CODEC_SHARE * train_seconds, out, "codec")
+    # A constant learning rate: without --codec-steps the time limit ends the run.
+    codec_config.total_steps = args.codec_steps or 10**6
+    summary = _train(codec_config, os.path.join(args.out, "codec"), codec_seconds, out, "codec")
     report["codec"] = dict(steps=summary.step, train_mel_loss=summary.last_metrics.get("mel_loss"),
                            eval_mel_loss=(summary.last_eval or {}).get("eval_mel_loss"))
     stages.stop()
@@ -172,12 +191,13 @@ def run(args, out, extra):
     stages.stop()
 
     # SoundStorm gets whatever is left but the last stages' share, so codec overruns do not add up.
-    remaining = max(30.0, begin + args.minutes * 60 - FINAL_STAGES_SECONDS - time.perf_counter())
-    stages.start("soundstorm", f"training SoundStorm ({remaining / 60:.1f} min) ...")
+    remaining = None if args.soundstorm_steps else max(
+        30.0, begin + args.minutes * 60 - FINAL_STAGES_SECONDS - time.perf_counter())
+    stages.start("soundstorm", f"training SoundStorm ({_budget(remaining, args.soundstorm_steps)}) ...")
     config = load_config_file("configs/demo.py")
     config.seed = args.seed
     config.data.dir = codes_dir
-    config.total_steps = max(50, int(remaining / SOUNDSTORM_SECONDS_PER_STEP))
+    config.total_steps = args.soundstorm_steps or max(50, int(remaining / SOUNDSTORM_SECONDS_PER_STEP))
     if args.steps is not None:
         config.objective.steps = args.steps
     summary = _train(config, os.path.join(args.out, "soundstorm"), remaining, out, "soundstorm")

@@ -165,3 +165,18 @@ def test_dataset_levels_must_match_the_model(codes_dir):
     config.model.num_quantizers = 4
     with pytest.raises(ValueError, match="has 3 levels but the model expects 4"):
         inputs.open_codes_dataset(codes_dir, config.model)
+
+
+def test_time_limit_stops_at_a_step_boundary_with_a_checkpoint_and_resumes(tmp_path, codes_dir):
+    from soundstorm_jax import training
+    config = tiny_config(total_steps=4, **{"data.dir": codes_dir, "checkpoint.every_steps": 100,
+                                           "checkpoint.async_save": False, "logging.eval_every_steps": 100})
+    seen = []
+    summary = training.train_and_evaluate(config, str(tmp_path), time_limit_s=0.0, on_step=seen.append, stream=None)
+    # The limit is checked after each step: one step, then a forced save, a log line and an evaluation.
+    assert (summary.step, summary.stopped, seen) == (1, "time_limit", [1])
+    assert complete_checkpoints(tmp_path) == [1]
+    assert summary.last_metrics["step"] == 1 and summary.last_eval["step"] == 1
+    summary = training.train_and_evaluate(config, str(tmp_path), on_step=seen.append, stream=None)
+    assert (summary.step, summary.stopped, seen) == (4, "finished", [1, 2, 3, 4])
+    assert complete_checkpoints(tmp_path)[-1] == 4
