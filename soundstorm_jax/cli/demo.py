@@ -31,7 +31,7 @@ MIN_MINUTES = 3.0
 RESERVED_MINUTES = 2.0   # corpus, encoding, evaluation, generation and compiles
 CODEC_SHARE = 0.4
 FINAL_STAGES_SECONDS = 75.0  # evaluation, generation and the report (compiles included)
-SOUNDSTORM_SECONDS_PER_STEP = 0.45  # configs/demo.py on a 2-core CPU; sets the LR schedule's length
+SOUNDSTORM_SECONDS_PER_STEP = 0.85  # configs/demo.py on a 2-core CPU; sets the LR schedule's length
 SAMPLE_RATE, FRAME_RATE = 16000, 50.0
 
 

@@ -234,6 +234,8 @@ def run(args, out, extra):
             options["prompt"] = prompt
         if semantic is not None:
             options["semantic_ids"] = semantic[start:stop]
+            if args.text is not None and frames is None:  # Every frame counts, the unconditioned prompt's too
+                options["lengths"] = [semantic.shape[1]] * (stop - start)  # (pad ids would read as padding).
         codes = np.asarray(generate(model, variables, frames, **options))
         for i, sample in enumerate(codes):
             name = os.path.join(args.out, f"sample_{start + i:03d}")
