@@ -6,7 +6,7 @@
 Sized to learn speech-like reconstructions of the embedded eSpeak corpus in a
 few CPU minutes: mel reconstruction loss only (no GAN; `soundstorm demo
 --minutes` buys more steps), centred (non-causal) convolutions, no quantizer
-dropout. About 0.36 s per step (2 s of audio) on a 2-core CPU. For a real
+dropout. About 0.2 s per step (2 s of audio) on a 2-core CPU. For a real
 codec start from configs/codec_paper.py.
 """
 import ml_collections

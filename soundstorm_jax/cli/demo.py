@@ -115,6 +115,13 @@ def _train(config, workdir: str, seconds, out, desc: str):
         return summary
 
 
+def _budget_line(args) -> str:
+    if not (args.codec_steps or args.soundstorm_steps):
+        return f"{args.minutes:g} minute budget"
+    line = f"codec {args.codec_steps or 'time-boxed'} steps, SoundStorm {args.soundstorm_steps or 'time-boxed'} steps"
+    return line if args.codec_steps and args.soundstorm_steps else f"{line}, {args.minutes:g} minute budget"
+
+
 def _budget(seconds, steps) -> str:
     return f"{steps} steps" if seconds is None else f"{seconds / 60:.1f} min"
 
@@ -150,7 +157,8 @@ def run(args, out, extra):
     begin = time.perf_counter()
     stages = Stages(out)
     train_seconds = (args.minutes - RESERVED_MINUTES) * 60
-    report = dict(command="demo", out=args.out, minutes=args.minutes, seed=args.seed, corpus=args.corpus)
+    report = dict(command="demo", out=args.out, minutes=args.minutes, seed=args.seed, corpus=args.corpus,
+                  budget=_budget_line(args))
 
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()  # The stages have their own bars.
@@ -281,7 +289,7 @@ def _write_report(report: dict, out_dir: str) -> list[str]:
 
 def _markdown(r: dict) -> list[str]:
     c, s = r["codec"], r["soundstorm"]
-    lines = [f"# soundstorm demo ({r['corpus']} corpus, seed {r['seed']}, {r['minutes']:g} minute budget)", "",
+    lines = [f"# soundstorm demo ({r['corpus']} corpus, seed {r['seed']}, {r['budget']})", "",
              "## Codec (held-out voice)", "",
              f"{c['steps']} steps; SNR {c['snr_db']} dB, log-spectral distance {c['log_spectral_distance_db']} dB "
              f"over {c['utterances']} utterances; eval mel loss {_fmt(c['eval_mel_loss'])}.", "",
