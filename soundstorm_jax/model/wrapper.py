@@ -230,6 +230,23 @@ class ConformerWrapper(nn.Module):
             logits = jnp.einsum("bncd,bcdk->bnck", x, kernel[columns]) + bias[columns][:, None]
         return constrain(logits.astype(jnp.float32), ("batch", "length", None, "vocab"))
 
+    def all_heads(self, hidden: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Every column's logits ``(b, n, c, K)`` (fp32) and head outputs ``(b, n, c, d)`` from ``(b, n, d)``.
+
+        The same numbers as ``logits_from_embeddings(head_embeddings(hidden))``, computed as one chain of
+        plain 2-d matmuls per column (head, norm, logits): the column-batched einsums make XLA transpose
+        their operands, which on a CPU costs more than the matmuls themselves.
+        """
+        kernel, bias = self.head_kernel.astype(self.dtype), self.head_bias.astype(self.dtype)
+        logits_kernel, logits_bias = self.logits_kernel.astype(self.dtype), self.logits_bias.astype(self.dtype)
+        embeddings, logits = [], []
+        for c in range(self.num_columns):
+            e = hidden @ kernel[:, c] + bias[c]
+            embeddings.append(e)
+            logits.append(self.head_norm(e) @ logits_kernel[c] + logits_bias[c])
+        logits = jnp.stack(logits, axis=2).astype(jnp.float32)
+        return constrain(logits, ("batch", "length", None, "vocab")), jnp.stack(embeddings, axis=2)
+
     def self_cond_source(self, hidden: jax.Array) -> jax.Array:
         """Sum over all columns of the head outputs, ``(b, n, d)``: the self-conditioning signal.
 
@@ -246,6 +263,9 @@ class ConformerWrapper(nn.Module):
         """
         hidden = self.hidden(codes, mask, semantic_ids=semantic_ids, cond=cond, sum_embeds=sum_embeds,
                              deterministic=deterministic)
-        embeddings = self.head_embeddings(hidden, columns)
-        logits = self.logits_from_embeddings(embeddings, columns)
+        if columns is None:
+            logits, embeddings = self.all_heads(hidden)
+        else:
+            embeddings = self.head_embeddings(hidden, columns)
+            logits = self.logits_from_embeddings(embeddings, columns)
         return (logits, embeddings) if return_embeddings else logits
