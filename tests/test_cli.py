@@ -44,9 +44,9 @@ def env(tmp_path_factory):
     return env
 
 
-def cli(env, *args, expect=0, cwd=ROOT):
+def cli(env, *args, expect=0, cwd=ROOT, timeout=300):
     result = subprocess.run(soundstorm_command() + [str(a) for a in args], env=env, cwd=cwd, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=timeout)
     assert result.returncode == expect, (result.returncode, result.stdout[-2000:], result.stderr[-4000:])
     return result
 

@@ -8,47 +8,23 @@ and semantic files on the phoneme-conditioned model it trained.
 """
 import json
 import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile
+from test_cli import cli, env  # noqa: F401 (env: the subprocesses' environment fixture)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODEC_STEPS, SOUNDSTORM_STEPS = 150, 200
 HOP, RATE = 320, 16000
 
 pytestmark = pytest.mark.slow
 
 
-def soundstorm_command():
-    exe = shutil.which("soundstorm")
-    return [exe] if exe else [sys.executable, "-m", "soundstorm_jax"]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    env = dict(os.environ)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-    env["SOUNDSTORM_JAX_CACHE"] = str(tmp_path_factory.mktemp("corpus_cache"))
-    return env
-
-
-def cli(env, *args, expect=0):
-    result = subprocess.run(soundstorm_command() + [str(a) for a in args], env=env, cwd=ROOT, capture_output=True,
-                            text=True, timeout=900)
-    assert result.returncode == expect, (result.returncode, result.stdout[-2000:], result.stderr[-4000:])
-    return result
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory, env):
     out = tmp_path_factory.mktemp("demo")
     result = cli(env, "--json", "demo", "--out", out, "--codec-steps", CODEC_STEPS, "--soundstorm-steps",
-                 SOUNDSTORM_STEPS, "--samples", 2)
+                 SOUNDSTORM_STEPS, "--samples", 2, timeout=1200)
     return out, json.loads(result.stdout.strip().splitlines()[-1])
 
 

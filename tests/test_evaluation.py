@@ -1,5 +1,4 @@
 """Held-out accuracy per level (what the demo reports) and its unigram baseline."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

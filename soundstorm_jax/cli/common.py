@@ -67,13 +67,12 @@ def require_dir(path: str, what: str) -> str:
 
 def make_out_dir(path: str) -> str:
     """Creates the output folder; CliError when it cannot be created or written."""
+    from soundstorm_jax.data.audio_io import AudioError, make_output_dir
+
     try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise CliError(f"cannot create output folder {path!r}: {e.strerror or e}") from e
-    if not os.access(path, os.W_OK):
-        raise CliError(f"output folder {path!r} is not writable")
-    return path
+        return make_output_dir(path)
+    except AudioError as e:
+        raise CliError(str(e)) from e
 
 
 def read_audio(path: str, sample_rate: int, *, resample: bool, on_resample=None) -> np.ndarray:

@@ -68,15 +68,21 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> s
   return os.fspath(path)
 
 
+def make_output_dir(path: str | os.PathLike) -> str:
+  """Creates a folder to write into; `AudioError` when it cannot be created or is not writable."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise AudioError(f"cannot create output folder {os.fspath(path)!r}: {e.strerror or e}") from e
+  if not os.access(path, os.W_OK):
+    raise AudioError(f"output folder {os.fspath(path)!r} is not writable")
+  return os.fspath(path)
+
+
 def write_waveforms(waveforms, out_dir: str | os.PathLike, sample_rate: int, *,
                     prefix: str = "sample") -> list[str]:
   """One WAV per waveform, `out_dir/{prefix}_{i:03d}.wav` (folder created); the paths in order."""
-  try:
-    os.makedirs(out_dir, exist_ok=True)
-  except OSError as e:
-    raise AudioError(f"cannot create output folder {os.fspath(out_dir)!r}: {e.strerror or e}") from e
-  if not os.access(out_dir, os.W_OK):
-    raise AudioError(f"output folder {os.fspath(out_dir)!r} is not writable")
+  make_output_dir(out_dir)
   return [write_wav(os.path.join(out_dir, f"{prefix}_{i:03d}.wav"), w, sample_rate)
           for i, w in enumerate(waveforms)]
 
