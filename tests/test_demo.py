@@ -119,3 +119,21 @@ def test_demo_bad_inputs(env, tmp_path):
     blocker.write_text("")
     result = cli(env, "demo", "--out", blocker / "sub", expect=2)
     assert "cannot create output folder" in result.stderr
+
+
+def test_encode_decode_and_resumed_training_on_the_demo_runs(demo, env, tmp_path):
+    """The other subcommands on the corpus-trained runs: encode/decode a held-out voice, train on from a checkpoint."""
+    out, report = demo
+    prompt_wav = report["samples"][0]["prompt_wav"]
+    cli(env, "--quiet", "encode", prompt_wav, "--codec", out / "codec", "--out", tmp_path)
+    codes = np.load(tmp_path / "sample_000_prompt.npy")
+    assert codes.shape == (report["held_out"]["prompt_frames"], 6) and 0 <= codes.min() and codes.max() < 256
+    cli(env, "--quiet", "decode", tmp_path / "sample_000_prompt.npy", "--codec", out / "codec", "--out", tmp_path)
+    audio, rate = soundfile.read(tmp_path / "sample_000_prompt.wav", dtype="float32")
+    assert rate == RATE and audio.shape == (len(codes) * HOP,) and np.all(np.isfinite(audio))
+
+    # `soundstorm train` resumes the demo's SoundStorm run from its last checkpoint for one more step.
+    result = cli(env, "--json", "train", "--config", "configs/demo.py", "--workdir", out / "soundstorm",
+                 f"--config.data.dir={out / 'data' / 'codes'}", f"--config.total_steps={SOUNDSTORM_STEPS + 1}",
+                 "--config.checkpoint.every_steps=1", "--config.logging.every_steps=1")
+    assert json.loads(result.stdout.strip().splitlines()[-1])["checkpoints"][-1] == SOUNDSTORM_STEPS + 1
