@@ -21,3 +21,12 @@ import jax  # noqa: E402
 
 # Tests compare against fp32 references; keep matmuls exact on CPU.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# The longest files first: pytest-xdist hands whole files to its two workers in collection order, so the demo's
+# end-to-end run (minutes of training) then overlaps everything else instead of trailing it.
+LONGEST_FIRST = ("test_demo.py", "test_cli.py", "test_readme.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: order within a file is kept.
