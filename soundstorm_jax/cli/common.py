@@ -127,18 +127,25 @@ def repository_file(relative: str) -> str:
     return path
 
 
-def load_config_file(relative: str):
-    """`get_config()` of a repository config file (e.g. 'configs/demo.py'), as train.py would load it."""
+def load_repository_module(relative: str, module_name: str):
+    """Executes a repository file (train.py, configs/*.py) as a module, with the repository root importable
+    (config files import `configs.*`, as under `python train.py`)."""
     import importlib.util
 
     path = repository_file(relative)
     root = _repository_root()
-    if root not in sys.path:  # Config files import `configs.*`.
+    if root not in sys.path:
         sys.path.insert(0, root)
-    spec = importlib.util.spec_from_file_location(f"soundstorm_config_{os.path.basename(path)[:-3]}", path)
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module
+
+
+def load_config_file(relative: str):
+    """`get_config()` of a repository config file (e.g. 'configs/demo.py'), as train.py would load it."""
+    name = os.path.splitext(os.path.basename(relative))[0]
+    return load_repository_module(relative, f"soundstorm_config_{name}").get_config()
 
 
 def load_codes(path: str, what: str = "codes file") -> np.ndarray:

@@ -188,9 +188,9 @@ def run(args, out, extra):
     semantic = _semantic(args.semantic, args.num_samples)
     if args.prompt_text is not None and (args.text is None or (prompt is None and args.prompt_audio is None)):
         raise CliError("--prompt-text goes with --text and a prompt (--prompt-audio or --prompt-codes)")
+    from soundstorm_jax.data.phonemes import check_speakable
     for text in (args.text, args.prompt_text):
         if text is not None:
-            from soundstorm_jax.data.phonemes import check_speakable
             check_speakable(text)  # ValueError naming the characters: exit 2.
     if args.frames is None and args.seconds is None and semantic is None and args.text is None:
         raise CliError("give the length: --frames N, --seconds S (with a codec), --semantic FILE.npy or --text")

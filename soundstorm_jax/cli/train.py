@@ -2,15 +2,14 @@
 
 The flags are train.py's: `--config FILE`, `--workdir DIR` and any number of
 `--config.section.field=value` overrides. The loop is train.py's own `main`
-(loaded from the repository's train.py next to the package), run through absl
+(the repository's train.py, loaded by `load_repository_module`), run through absl
 like `python train.py ...`, so both commands behave identically.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
-from soundstorm_jax.cli.common import CliError, require_file
+from soundstorm_jax.cli.common import CliError, load_repository_module, require_file
 
 DESCRIPTION = """Train SoundStorm or the SoundStream codec: the same loop and flags as train.py.
 
@@ -38,27 +37,6 @@ def _raw():
     return argparse.RawDescriptionHelpFormatter
 
 
-def train_script() -> str:
-    """The repository's train.py (next to the soundstorm_jax package)."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(os.path.dirname(package), "train.py")
-    if not os.path.exists(path):
-        raise CliError(f"train.py was not found next to the soundstorm_jax package ({path!r}); "
-                       f"`soundstorm train` needs the repository checkout (pip install -e .)")
-    return path
-
-
-def _load_train_module(path: str):
-    import sys
-    root = os.path.dirname(path)
-    if root not in sys.path:  # Config files import `configs.*`, as under `python train.py`.
-        sys.path.insert(0, root)
-    spec = importlib.util.spec_from_file_location("soundstorm_train_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # Defines train.py's absl flags (--config, --workdir).
-    return module
-
-
 def train_argv(args, extra: list[str]) -> list[str]:
     bad = [a for a in extra if not a.startswith("--config.")]
     if bad:
@@ -70,7 +48,8 @@ def train_argv(args, extra: list[str]) -> list[str]:
 def run(args, out, extra):
     require_file(args.config, "config file")
     argv = train_argv(args, extra)
-    module = _load_train_module(train_script())
+    # Defines train.py's absl flags (--config, --workdir) and its main.
+    module = load_repository_module("train.py", "soundstorm_train_script")
     from absl import app
     try:
         app.run(module.main, argv=argv)

@@ -256,8 +256,8 @@ def generate(model, variables, num_frames: int | None = None, *, pad_value: int 
     if decode_audio and model.codec is None:
         raise ValueError("decode_audio=True needs a codec attached to SoundStorm")
     if output_dir is not None:  # An unwritable folder fails before the program runs.
-        from soundstorm_jax.data.audio_io import write_waveforms
-        write_waveforms([], output_dir, model.codec.target_sample_hz)
+        from soundstorm_jax.data.audio_io import make_output_dir, write_waveforms
+        make_output_dir(output_dir)
     codes = _program(model, pad_value=int(pad_value), variables=variables, **inputs)[:, :n]
     if model.codec is None or decode_audio is False:
         return codes
