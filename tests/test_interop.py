@@ -59,12 +59,12 @@ def config_of(arrays: dict) -> dict:
 
 
 def block_outputs(net: ConformerWrapper, layers: dict, trunk_in, mask):
-    """Each Conformer block's streams ``(b, n, s, d)`` and layer 0's values ``(b, n, h, k)``, block by block."""
+    """Each Conformer block's streams ``(b, s, n, d)`` and layer 0's values ``(b, n, h, k)``, block by block."""
     fields = set(ConformerBlock.__dataclass_fields__) - {"parent", "name"}
     block = ConformerBlock(**{k: v for k, v in net.conformer.items() if k in fields})
     depth, s = int(net.conformer["depth"]), block.num_residual_streams
     b, n, _ = trunk_in.shape
-    streams = jnp.repeat(trunk_in[:, :, None, :], s, axis=2)
+    streams = (trunk_in,) * s
     first = jnp.zeros((b, n, block.heads, block.dim_head)) if block.value_residual else None
     angles = rotary_angles(n, block.dim_head)
     outputs = []
@@ -72,7 +72,7 @@ def block_outputs(net: ConformerWrapper, layers: dict, trunk_in, mask):
         layer = jax.tree_util.tree_map(lambda x: x[i], layers)
         (streams, values), _ = block.apply({"params": layer}, (streams, first), i, mask, angles)
         first = values if i == 0 else first
-        outputs.append(streams)
+        outputs.append(jnp.stack(streams, axis=1))
     return outputs, first
 
 
@@ -89,7 +89,7 @@ def our_outputs(model: SoundStorm, params, codes, mask, cond, semantic_ids):
     out = dict(logits=logits, embeddings=embeddings, trunk_in=trunk_in,
                trunk_out=state["intermediates"]["trunk"]["__call__"][0])
     for i, streams in enumerate(blocks):
-        out[f"block_out_{i}"] = jnp.transpose(streams, (0, 2, 1, 3))        # -> (b, s, n, d)
+        out[f"block_out_{i}"] = streams                                     # (b, s, n, d)
     if values is not None:
         out["value_residual"] = jnp.transpose(values, (0, 2, 1, 3))          # -> (b, h, n, k)
 

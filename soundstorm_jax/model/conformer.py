@@ -240,7 +240,8 @@ depthwise_conv1d.defvjp(_depthwise_forward, _depthwise_backward)
 class ConformerBlock(nn.Module):
     """One Conformer layer as a scan body: ``(carry, layer_index) -> (carry, None)``.
 
-    The carry is ``(streams (b, n, s, d), first_values (b, n, h, k) or None)``.
+    The carry is ``(streams, first_values (b, n, h, k) or None)``, ``streams`` a tuple of ``s``
+    arrays ``(b, n, d)`` (one with plain residuals).
     """
 
     dim: int
@@ -285,10 +286,10 @@ class ConformerBlock(nn.Module):
                 branch_input, write = hc.read(streams)
                 streams = write(branch(branch_input))
             else:
-                streams = streams + branch(streams[:, :, 0, :])[:, :, None, :]
+                streams = (streams[0] + branch(streams[0]),)
 
-        streams = layer_norm(dtype=self.dtype, param_dtype=self.param_dtype, name="post_norm")(streams)
-        streams = constrain(streams, ("batch", "length", None, "embed"))
+        post_norm = layer_norm(dtype=self.dtype, param_dtype=self.param_dtype, name="post_norm")
+        streams = tuple(constrain(post_norm(x), ("batch", "length", "embed")) for x in streams)
         if self.value_residual:
             first_values = jnp.where(is_first, values["v"], first_values)
         return (streams, first_values), None
@@ -364,7 +365,7 @@ class Conformer(nn.Module):
         options = {name: getattr(self, name) for name in BLOCK_OPTIONS}
         layers = stack(**options, deterministic=deterministic, name="layers")
 
-        streams = jnp.repeat(x[:, :, None, :], self.num_residual_streams, axis=2)
+        streams = (x,) * self.num_residual_streams
         first_values = (jnp.zeros((b, n, self.heads, self.dim_head), self.dtype) if self.value_residual else None)
         (streams, _), _ = layers((streams, first_values), jnp.arange(self.depth), mask, angles)
-        return jnp.sum(streams, axis=2)
+        return sum(streams[1:], streams[0])
