@@ -119,15 +119,28 @@ def test_depthwise_conv_gradient_is_exact():
     """The hand-written backward pass equals autodiff of the plain shifted sum."""
     from soundstorm_jax.model.conformer import _shifted_sum
 
-    for padding in [(2, 2), (4, 0), (2, 1)]:
+    for padding, n in [((2, 2), 9), ((4, 0), 9), ((2, 1), 9), ((0, 3), 9), ((3, 3), 2)]:
         k = sum(padding) + 1
-        x = jax.random.normal(jax.random.key(0), (2, 9, 5))
+        x = jax.random.normal(jax.random.key(0), (2, n, 5))
         w = jax.random.normal(jax.random.key(1), (k, 5))
         b = jax.random.normal(jax.random.key(2), (5,))
         ours = jax.grad(lambda *a: jnp.sum(jnp.sin(depthwise_conv1d(*a, padding))), argnums=(0, 1, 2))(x, w, b)
         plain = jax.grad(lambda x, w, b: jnp.sum(jnp.sin(_shifted_sum(x, w, padding) + b)), argnums=(0, 1, 2))(x, w, b)
         for got, want in zip(ours, plain):
             np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_depthwise_kernel_gradient_fft_equals_slices():
+    """The CPU kernel gradient (an FFT cross-correlation) equals the k reductions used elsewhere."""
+    from soundstorm_jax.model.conformer import _fft_size, _kernel_gradient_by_fft, _kernel_gradient_by_slices
+
+    assert [_fft_size(m) for m in (1, 7, 1039, 1054)] == [1, 8, 1080, 1080]
+    for padding, n in [((15, 15), 100), ((15, 14), 37), ((30, 0), 64), ((0, 6), 5), ((4, 4), 3)]:
+        k = sum(padding) + 1
+        x = jax.random.normal(jax.random.key(0), (3, n, 4))
+        grad = jax.random.normal(jax.random.key(1), (3, n, 4))
+        np.testing.assert_allclose(_kernel_gradient_by_fft(x, grad, padding, k),
+                                   _kernel_gradient_by_slices(x, grad, padding, k), atol=2e-4, rtol=1e-5)
 
 
 def test_rotary_is_relative():

@@ -224,13 +224,47 @@ def _depthwise_forward(x, kernel, bias, padding):
     return depthwise_conv1d(x, kernel, bias, padding), (x, kernel)
 
 
+def _fft_size(minimum: int) -> int:
+    """The smallest 2^a 3^b 5^c >= minimum: FFT lengths that pocketfft runs fastest."""
+    size = minimum
+    while True:
+        rest = size
+        for prime in (2, 3, 5):
+            while rest % prime == 0:
+                rest //= prime
+        if rest == 1:
+            return size
+        size += 1
+
+
+def _kernel_gradient_by_slices(x, grad, padding, k):
+    n = x.shape[1]
+    padded = jnp.pad(x, ((0, 0), padding, (0, 0)))
+    return jnp.stack([jnp.sum(padded[:, j:j + n, :] * grad, axis=(0, 1)) for j in range(k)])
+
+
+def _kernel_gradient_by_fft(x, grad, padding, k):
+    # grad_kernel[j, c] = sum_{b,t} x[b, t + j - left, c] * grad[b, t, c]: the cross-correlation of x and grad
+    # at lags -left .. k-1-left, summed over the batch. A length L >= n + max(left, right) keeps the circular
+    # correlation free of wrap-around; negative lags sit at the end of its output.
+    n, (left, right) = x.shape[1], padding
+    length = _fft_size(n + max(left, right))
+    spectrum = jnp.fft.rfft(x.astype(jnp.float32), length, axis=1)
+    spectrum = spectrum * jnp.conj(jnp.fft.rfft(grad.astype(jnp.float32), length, axis=1))
+    correlation = jnp.fft.irfft(jnp.sum(spectrum, axis=0), length, axis=0)                  # (L, c)
+    return jnp.concatenate([correlation[length - left:], correlation[:k - left]], axis=0)
+
+
 def _depthwise_backward(padding, residuals, grad):
     x, kernel = residuals
     left, right = padding
-    n, k = x.shape[1], kernel.shape[0]
+    k = kernel.shape[0]
     grad_x = _shifted_sum(grad, kernel[::-1], (right, left))
-    padded = jnp.pad(x, ((0, 0), padding, (0, 0)))
-    grad_kernel = jnp.stack([jnp.sum(padded[:, j:j + n, :] * grad, axis=(0, 1)) for j in range(k)])
+    # On CPU the k reductions over (b, n) run at a few GB/s each (5x slower than the whole forward);
+    # three FFTs do the same correlation in one pass. Elsewhere the fused reductions are fine.
+    grad_kernel = jax.lax.platform_dependent(
+        x, grad, cpu=functools.partial(_kernel_gradient_by_fft, padding=padding, k=k),
+        default=functools.partial(_kernel_gradient_by_slices, padding=padding, k=k))
     return grad_x, grad_kernel.astype(kernel.dtype), jnp.sum(grad, axis=(0, 1))
 
 
