@@ -13,6 +13,14 @@ steps on the first level and one on each later level, (c) a network forward
 with all 12 heads. Medians after a warm-up; each side's FLOP/s is what it
 actually computes (the reference evaluates every head each pass, we evaluate
 the one needed) against the larger of the two matmul peaks measured here.
+
+Our two layers run unrolled (``scan_layers=False``: same parameters; a scan's
+backward pass stacks and slices every saved activation, 0.2 s per training step
+here). The allocator matters on CPU: XLA allocates its buffers afresh on every
+call, and with glibc's malloc the big ones arrive as fresh pages each time (we
+counted 430,000 page faults, 1.7 GB, per training step); with
+``LD_PRELOAD=libtcmalloc_minimal.so.4`` none after warm-up. The reference side runs in a subprocess with the same environment, so both
+sides get the same allocator, and the report names it.
 """
 from __future__ import annotations
 
@@ -40,7 +48,7 @@ K, Q, B, N, STEPS = 1024, 12, 2, 1024, 18
 
 def ours(parts, repeats, warmup, attention):
     net = ConformerWrapper(codebook_size=K, num_quantizers=Q,
-                           conformer=dict(CONFORMER, value_residual=True, attention_impl=attention))
+                           conformer=dict(CONFORMER, value_residual=True, attention_impl=attention, scan_layers=False))
     model = SoundStorm(net, steps=STEPS, schedule="cosine")
     codes = jax.random.randint(jax.random.key(0), (B, N, Q), 0, K)
     variables = jax.jit(model.init)({"params": jax.random.key(1), "masking": jax.random.key(2)}, codes)
@@ -111,7 +119,7 @@ def main() -> None:
         "train": (3 * one_head, 3 * all_heads),
         "generate": (passes * one_head, passes * all_heads),
     }
-    report = {"benchmark": "vs_pytorch", "machine": machine(), "config": shape | {"levels": Q, "steps": STEPS, "attention_impl": args.attention},
+    report = {"benchmark": "vs_pytorch", "machine": machine() | {"ld_preload": os.environ.get("LD_PRELOAD", "")}, "config": shape | {"levels": Q, "steps": STEPS, "attention_impl": args.attention},
               "matmul_peak_flops_per_second": {"jax": jax_peak, "torch": theirs["matmul_peak_flops_per_second"]},
               "torch": theirs["torch"], "torch_threads": theirs["threads"]}
     for part in parts:
