@@ -18,8 +18,8 @@ keeps itself. With one stream the block uses plain residuals instead.
 Why a tuple and not a ``(b, n, s, d)`` axis: s is tiny (4), so every mixing step
 is a few fused multiply-adds over ``(b, n, d)`` arrays. With a stream axis,
 autodiff saves ``(b, n, s, s+1, d)`` broadcast products and scatters stream
-slices back with pads; on CPU the training step spent 0.8 s of 3.1 s there
-(README configuration), against 0.2 s in this form.
+slices back with pads: this form took the README configuration's CPU training
+step from 3.1 s to 2.85 s (four hyper-connection blocks alone: 0.46 -> 0.19 s).
 """
 from __future__ import annotations
 
