@@ -141,6 +141,10 @@ def test_depthwise_kernel_gradient_fft_equals_slices():
         grad = jax.random.normal(jax.random.key(1), (3, n, 4))
         np.testing.assert_allclose(_kernel_gradient_by_fft(x, grad, padding, k),
                                    _kernel_gradient_by_slices(x, grad, padding, k), atol=2e-4, rtol=1e-5)
+    # platform_dependent needs both branches to give one type: float32, whatever the activations' dtype.
+    x, grad = x.astype(jnp.bfloat16), grad.astype(jnp.bfloat16)
+    assert _kernel_gradient_by_fft(x, grad, (4, 4), 9).dtype == jnp.float32
+    assert _kernel_gradient_by_slices(x, grad, (4, 4), 9).dtype == jnp.float32
 
 
 def test_rotary_is_relative():

@@ -240,7 +240,7 @@ def _fft_size(minimum: int) -> int:
 def _kernel_gradient_by_slices(x, grad, padding, k):
     n = x.shape[1]
     padded = jnp.pad(x, ((0, 0), padding, (0, 0)))
-    return jnp.stack([jnp.sum(padded[:, j:j + n, :] * grad, axis=(0, 1)) for j in range(k)])
+    return jnp.stack([jnp.sum(padded[:, j:j + n, :] * grad, axis=(0, 1), dtype=jnp.float32) for j in range(k)])
 
 
 def _kernel_gradient_by_fft(x, grad, padding, k):
@@ -262,6 +262,7 @@ def _depthwise_backward(padding, residuals, grad):
     grad_x = _shifted_sum(grad, kernel[::-1], (right, left))
     # On CPU the k reductions over (b, n) run at a few GB/s each (5x slower than the whole forward);
     # three FFTs do the same correlation in one pass. Elsewhere the fused reductions are fine.
+    # Both branches accumulate and return float32 (platform_dependent needs one output type).
     grad_kernel = jax.lax.platform_dependent(
         x, grad, cpu=functools.partial(_kernel_gradient_by_fft, padding=padding, k=k),
         default=functools.partial(_kernel_gradient_by_slices, padding=padding, k=k))
