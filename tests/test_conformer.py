@@ -7,7 +7,7 @@ import pytest
 
 from soundstorm_jax import Conformer
 from soundstorm_jax.model import ConvModule
-from soundstorm_jax.model.conformer import depthwise_conv1d
+from soundstorm_jax.model.depthwise import depthwise_conv1d
 from soundstorm_jax.model.layers import apply_rotary, rotary_angles
 from tiny import TINY_CONFORMER, padding_mask
 
@@ -117,7 +117,7 @@ def test_einsum_attention_equals_dot_product_attention():
 
 def test_depthwise_conv_gradient_is_exact():
     """The hand-written backward pass equals autodiff of the plain shifted sum."""
-    from soundstorm_jax.model.conformer import _shifted_sum
+    from soundstorm_jax.model.depthwise import shifted_sum
 
     for padding, n in [((2, 2), 9), ((4, 0), 9), ((2, 1), 9), ((0, 3), 9), ((3, 3), 2)]:
         k = sum(padding) + 1
@@ -125,26 +125,54 @@ def test_depthwise_conv_gradient_is_exact():
         w = jax.random.normal(jax.random.key(1), (k, 5))
         b = jax.random.normal(jax.random.key(2), (5,))
         ours = jax.grad(lambda *a: jnp.sum(jnp.sin(depthwise_conv1d(*a, padding))), argnums=(0, 1, 2))(x, w, b)
-        plain = jax.grad(lambda x, w, b: jnp.sum(jnp.sin(_shifted_sum(x, w, padding) + b)), argnums=(0, 1, 2))(x, w, b)
+        plain = jax.grad(lambda x, w, b: jnp.sum(jnp.sin(shifted_sum(x, w, padding) + b)), argnums=(0, 1, 2))(x, w, b)
         for got, want in zip(ours, plain):
             np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_depthwise_kernel_gradient_fft_equals_slices():
     """The CPU kernel gradient (an FFT cross-correlation) equals the k reductions used elsewhere."""
-    from soundstorm_jax.model.conformer import _fft_size, _kernel_gradient_by_fft, _kernel_gradient_by_slices
+    from soundstorm_jax.model.depthwise import fft_size, kernel_gradient_by_fft, kernel_gradient_by_slices
 
-    assert [_fft_size(m) for m in (1, 7, 1039, 1054)] == [1, 8, 1080, 1080]
+    assert [fft_size(m) for m in (1, 7, 1039, 1054)] == [1, 8, 1080, 1080]
     for padding, n in [((15, 15), 100), ((15, 14), 37), ((30, 0), 64), ((0, 6), 5), ((4, 4), 3)]:
         k = sum(padding) + 1
         x = jax.random.normal(jax.random.key(0), (3, n, 4))
         grad = jax.random.normal(jax.random.key(1), (3, n, 4))
-        np.testing.assert_allclose(_kernel_gradient_by_fft(x, grad, padding, k),
-                                   _kernel_gradient_by_slices(x, grad, padding, k), atol=2e-4, rtol=1e-5)
+        np.testing.assert_allclose(kernel_gradient_by_fft(x, grad, padding, k),
+                                   kernel_gradient_by_slices(x, grad, padding, k), atol=2e-4, rtol=1e-5)
     # platform_dependent needs both branches to give one type: float32, whatever the activations' dtype.
     x, grad = x.astype(jnp.bfloat16), grad.astype(jnp.bfloat16)
-    assert _kernel_gradient_by_fft(x, grad, (4, 4), 9).dtype == jnp.float32
-    assert _kernel_gradient_by_slices(x, grad, (4, 4), 9).dtype == jnp.float32
+    assert kernel_gradient_by_fft(x, grad, (4, 4), 9).dtype == jnp.float32
+    assert kernel_gradient_by_slices(x, grad, (4, 4), 9).dtype == jnp.float32
+
+
+def test_gated_depthwise_swish_equals_plain_composition():
+    """The conv module's fused GLU -> mask -> conv -> mask -> Swish: values and all gradients equal plain autodiff."""
+    from soundstorm_jax.model.depthwise import gated_depthwise_swish, shifted_sum
+
+    def plain(h, valid, w, b, padding):
+        out, gate = jnp.split(h, 2, axis=-1)
+        x = jnp.where(valid, out * jax.nn.sigmoid(gate), 0.0)
+        y = jnp.where(valid, shifted_sum(x, w, padding) + b, 0.0)
+        return y * jax.nn.sigmoid(y)
+
+    lengths = jnp.array([11, 6])
+    valid = (jnp.arange(11)[None, :] < lengths[:, None])[:, :, None]
+    for padding in [(3, 3), (6, 0), (3, 2)]:
+        k = sum(padding) + 1
+        h = jax.random.normal(jax.random.key(0), (2, 11, 10))
+        w = jax.random.normal(jax.random.key(1), (k, 5))
+        b = jax.random.normal(jax.random.key(2), (5,))
+        weights = jax.random.normal(jax.random.key(3), (2, 11, 5))
+        np.testing.assert_allclose(gated_depthwise_swish(h, valid, w, b, padding), plain(h, valid, w, b, padding),
+                                   atol=1e-6)
+        loss = lambda f: lambda h, w, b: jnp.sum(jnp.sin(f(h, valid, w, b, padding)) * weights)  # noqa: E731
+        ours = jax.grad(loss(gated_depthwise_swish), argnums=(0, 1, 2))(h, w, b)
+        want = jax.grad(loss(plain), argnums=(0, 1, 2))(h, w, b)
+        for got, expected in zip(ours, want):
+            np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert not np.any(np.asarray(ours[0])[1, 6:])  # padded frames get no gradient
 
 
 def test_rotary_is_relative():

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from soundstorm_jax.model.depthwise import gated_depthwise_swish
 from soundstorm_jax.model.hyper_connections import HyperConnection
 from soundstorm_jax.model.layers import (
     ChannelLayerNorm,
@@ -179,97 +180,20 @@ class ConvModule(nn.Module):
         inner = self.dim * self.expansion_factor
         x = layer_norm(**kw, name="norm")(x)
         x = dense(2 * inner, ("embed", "mlp"), **kw, name="pointwise_in")(x)
-        out, gate = jnp.split(x, 2, axis=-1)
-        x = out * jax.nn.sigmoid(gate)
-
-        valid = mask[:, :, None]
-        x = jnp.where(valid, x, 0.0)
-        x = self._depthwise(x, inner)
-        x = jnp.where(valid, x, 0.0)
-
-        x = ChannelLayerNorm(**kw, name="channel_norm")(swish(x))
+        x = self._gated_depthwise(x, mask[:, :, None], inner)
+        x = ChannelLayerNorm(**kw, name="channel_norm")(x)
         x = dense(self.dim, ("mlp", "embed"), **kw, name="pointwise_out")(x)
         return nn.Dropout(self.dropout)(x, deterministic=self.deterministic)
 
-    def _depthwise(self, x: jax.Array, channels: int) -> jax.Array:
+    def _gated_depthwise(self, h: jax.Array, valid: jax.Array, channels: int) -> jax.Array:
+        """GLU -> mask -> depthwise conv -> mask -> Swish: ``(b, n, 2c)`` -> ``(b, n, c)``."""
         k = self.kernel_size
         kernel = self.param("depthwise_kernel", partitioned(nn.initializers.lecun_normal(in_axis=0, out_axis=1),
                                                             (None, "mlp")), (k, channels), self.param_dtype)
         bias = self.param("depthwise_bias", partitioned(nn.initializers.zeros_init(), ("mlp",)), (channels,),
                           self.param_dtype)
         padding = (k - 1, 0) if self.causal else (k // 2, k // 2 - (k + 1) % 2)
-        return depthwise_conv1d(x, kernel.astype(x.dtype), bias.astype(x.dtype), padding)
-
-
-def _shifted_sum(x: jax.Array, kernel: jax.Array, padding: tuple[int, int]) -> jax.Array:
-    n, k = x.shape[1], kernel.shape[0]
-    padded = jnp.pad(x, ((0, 0), padding, (0, 0)))
-    return sum(padded[:, j:j + n, :] * kernel[j] for j in range(k))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def depthwise_conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: tuple[int, int]) -> jax.Array:
-    """Depthwise 1-d cross-correlation: x ``(b, n, c)``, kernel ``(k, c)``, bias ``(c,)`` -> ``(b, n, c)``.
-
-    Written as k shifted multiply-adds, which XLA fuses into one pass (on CPU
-    ten times faster than a grouped convolution). Autodiff of the shifted
-    slices is slow (k scatter-adds), so the backward pass is written out: the
-    input gradient is the same correlation with the flipped kernel and swapped
-    padding, the kernel gradient k fused reductions.
-    """
-    return _shifted_sum(x, kernel, padding) + bias
-
-
-def _depthwise_forward(x, kernel, bias, padding):
-    return depthwise_conv1d(x, kernel, bias, padding), (x, kernel)
-
-
-def _fft_size(minimum: int) -> int:
-    """The smallest 2^a 3^b 5^c >= minimum: FFT lengths that pocketfft runs fastest."""
-    size = minimum
-    while True:
-        rest = size
-        for prime in (2, 3, 5):
-            while rest % prime == 0:
-                rest //= prime
-        if rest == 1:
-            return size
-        size += 1
-
-
-def _kernel_gradient_by_slices(x, grad, padding, k):
-    n = x.shape[1]
-    padded = jnp.pad(x, ((0, 0), padding, (0, 0)))
-    return jnp.stack([jnp.sum(padded[:, j:j + n, :] * grad, axis=(0, 1), dtype=jnp.float32) for j in range(k)])
-
-
-def _kernel_gradient_by_fft(x, grad, padding, k):
-    # grad_kernel[j, c] = sum_{b,t} x[b, t + j - left, c] * grad[b, t, c]: the cross-correlation of x and grad
-    # at lags -left .. k-1-left, summed over the batch. A length L >= n + max(left, right) keeps the circular
-    # correlation free of wrap-around; negative lags sit at the end of its output.
-    n, (left, right) = x.shape[1], padding
-    length = _fft_size(n + max(left, right))
-    spectrum = jnp.fft.rfft(x.astype(jnp.float32), length, axis=1)
-    spectrum = spectrum * jnp.conj(jnp.fft.rfft(grad.astype(jnp.float32), length, axis=1))
-    correlation = jnp.fft.irfft(jnp.sum(spectrum, axis=0), length, axis=0)                  # (L, c)
-    return jnp.concatenate([correlation[length - left:], correlation[:k - left]], axis=0)
-
-
-def _depthwise_backward(padding, residuals, grad):
-    x, kernel = residuals
-    left, right = padding
-    k = kernel.shape[0]
-    grad_x = _shifted_sum(grad, kernel[::-1], (right, left))
-    # On CPU the k reductions over (b, n) run at a few GB/s each (5x slower than the whole forward);
-    # three FFTs do the same correlation in one pass. Elsewhere the fused reductions are fine.
-    # Both branches accumulate and return float32 (platform_dependent needs one output type).
-    grad_kernel = jax.lax.platform_dependent(
-        x, grad, cpu=functools.partial(_kernel_gradient_by_fft, padding=padding, k=k),
-        default=functools.partial(_kernel_gradient_by_slices, padding=padding, k=k))
-    return grad_x, grad_kernel.astype(kernel.dtype), jnp.sum(grad, axis=(0, 1))
-
-
-depthwise_conv1d.defvjp(_depthwise_forward, _depthwise_backward)
+        return gated_depthwise_swish(h, valid, kernel.astype(h.dtype), bias.astype(h.dtype), padding)
 
 
 class ConformerBlock(nn.Module):
