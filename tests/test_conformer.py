@@ -175,6 +175,25 @@ def test_gated_depthwise_swish_equals_plain_composition():
         assert not np.any(np.asarray(ours[0])[1, 6:])  # padded frames get no gradient
 
 
+def test_spelled_attention_gradient_equals_autodiff():
+    """The written-out attention backward equals autodiff of the plain softmax attention, masks included."""
+    from soundstorm_jax.model.conformer import _attention_probs, spelled_attention
+
+    def plain(q, k, v, mask):
+        return jnp.einsum("bhqs,bshk->bqhk", _attention_probs(q, k, mask), v)
+
+    keys = jax.random.split(jax.random.key(0), 4)
+    q, k, v, weights = (jax.random.normal(key, (3, 7, 2, 4)) for key in keys)
+    mask = jnp.arange(7)[None, :] < jnp.array([7, 4, 0])[:, None]   # full, padded, every key masked
+    np.testing.assert_allclose(spelled_attention(q, k, v, mask), plain(q, k, v, mask), atol=1e-6)
+    loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v, mask)) * weights)  # noqa: E731
+    ours = jax.grad(loss(spelled_attention), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(loss(plain), argnums=(0, 1, 2))(q, k, v)
+    for got, expected in zip(ours, want):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not np.any(np.asarray(ours[1])[1, 4:])  # padded keys get no gradient
+
+
 def test_rotary_is_relative():
     """Rotated q.k depends only on the distance between positions."""
     q = jax.random.normal(jax.random.key(0), (1, 1, 1, 8))

@@ -97,6 +97,46 @@ class HeadMerge(nn.Module):
         return jnp.einsum("bnhk,hkd->bnd", x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
+def _attention_probs(q, k, mask):
+    """Softmax attention weights ``(b, h, q, s)`` in float32; masked keys get none."""
+    logits = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) * q.shape[-1] ** -0.5
+    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+@jax.custom_vjp
+def spelled_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Softmax attention written out: q, k, v ``(b, n, h, k)``, mask ``(b, n)`` -> ``(b, n, h, k)``.
+
+    The backward pass is the one flash attention uses: ``dS = P * (dP - rowsum(dO * O))``. Autodiff of
+    the softmax instead reduces ``dP * P`` over the ``(b, h, q, s)`` scores, one more pass over the
+    largest array of the step (CPU, README configuration: attention forward + backward 219 -> 205 ms).
+    """
+    return _spelled_forward(q, k, v, mask)[0]
+
+
+def _spelled_forward(q, k, v, mask):
+    probs = _attention_probs(q, k, mask)
+    out = jnp.einsum("bhqs,bshk->bqhk", probs.astype(v.dtype), v)
+    return out, (q, k, v, mask, probs, out)
+
+
+def _spelled_backward(residuals, grad):
+    q, k, v, mask, probs, out = residuals
+    grad_v = jnp.einsum("bhqs,bqhk->bshk", probs.astype(grad.dtype), grad)
+    grad_probs = jnp.einsum("bqhk,bshk->bhqs", grad, v).astype(jnp.float32)
+    row = jnp.einsum("bqhk,bqhk->bhq", grad.astype(jnp.float32), out.astype(jnp.float32))[..., None]
+    # Masked keys get no gradient (also when a whole row is masked and its weights are uniform).
+    grad_logits = jnp.where(mask[:, None, None, :], probs * (grad_probs - row), 0.0) * q.shape[-1] ** -0.5
+    grad_logits = grad_logits.astype(q.dtype)
+    grad_q = jnp.einsum("bhqs,bshk->bqhk", grad_logits, k)
+    grad_k = jnp.einsum("bhqs,bqhk->bshk", grad_logits, q)
+    return grad_q, grad_k, grad_v, None
+
+
+spelled_attention.defvjp(_spelled_forward, _spelled_backward)
+
+
 class Attention(nn.Module):
     """Pre-norm multi-head self-attention with rotary positions and a key-padding mask.
 
@@ -144,11 +184,9 @@ class Attention(nn.Module):
         if dropout or self.implementation == "einsum":
             # Spelled out: jax.nn.dot_product_attention has no dropout, and on
             # CPU this form is faster (measured: 1.4x forward, 1.8x backward).
-            logits = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) * self.dim_head ** -0.5
-            logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(logits, axis=-1)
-            if dropout:
-                probs = nn.Dropout(self.dropout)(probs, deterministic=False)
+            if not dropout:
+                return spelled_attention(q, k, v, mask)
+            probs = nn.Dropout(self.dropout)(_attention_probs(q, k, mask), deterministic=False)
             return jnp.einsum("bhqs,bshk->bqhk", probs.astype(v.dtype), v)
         if self.implementation == "cudnn":
             # cuDNN takes padding as per-example lengths: frames must be right-padded.
