@@ -147,34 +147,6 @@ def test_depthwise_kernel_gradient_fft_equals_slices():
     assert kernel_gradient_by_slices(x, grad, (4, 4), 9).dtype == jnp.float32
 
 
-def test_gated_depthwise_swish_equals_plain_composition():
-    """The conv module's fused GLU -> mask -> conv -> mask -> Swish: values and all gradients equal plain autodiff."""
-    from soundstorm_jax.model.depthwise import gated_depthwise_swish, shifted_sum
-
-    def plain(h, valid, w, b, padding):
-        out, gate = jnp.split(h, 2, axis=-1)
-        x = jnp.where(valid, out * jax.nn.sigmoid(gate), 0.0)
-        y = jnp.where(valid, shifted_sum(x, w, padding) + b, 0.0)
-        return y * jax.nn.sigmoid(y)
-
-    lengths = jnp.array([11, 6])
-    valid = (jnp.arange(11)[None, :] < lengths[:, None])[:, :, None]
-    for padding in [(3, 3), (6, 0), (3, 2)]:
-        k = sum(padding) + 1
-        h = jax.random.normal(jax.random.key(0), (2, 11, 10))
-        w = jax.random.normal(jax.random.key(1), (k, 5))
-        b = jax.random.normal(jax.random.key(2), (5,))
-        weights = jax.random.normal(jax.random.key(3), (2, 11, 5))
-        np.testing.assert_allclose(gated_depthwise_swish(h, valid, w, b, padding), plain(h, valid, w, b, padding),
-                                   atol=1e-6)
-        loss = lambda f: lambda h, w, b: jnp.sum(jnp.sin(f(h, valid, w, b, padding)) * weights)  # noqa: E731
-        ours = jax.grad(loss(gated_depthwise_swish), argnums=(0, 1, 2))(h, w, b)
-        want = jax.grad(loss(plain), argnums=(0, 1, 2))(h, w, b)
-        for got, expected in zip(ours, want):
-            np.testing.assert_allclose(got, expected, atol=1e-5)
-        assert not np.any(np.asarray(ours[0])[1, 6:])  # padded frames get no gradient
-
-
 def test_spelled_attention_gradient_equals_autodiff():
     """The written-out attention backward equals autodiff of the plain softmax attention, masks included."""
     from soundstorm_jax.model.conformer import _attention_probs, spelled_attention

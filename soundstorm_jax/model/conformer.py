@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from soundstorm_jax.model.depthwise import gated_depthwise_swish
+from soundstorm_jax.model.depthwise import depthwise_conv1d
 from soundstorm_jax.model.hyper_connections import HyperConnection
 from soundstorm_jax.model.layers import (
     ChannelLayerNorm,
@@ -218,20 +218,26 @@ class ConvModule(nn.Module):
         inner = self.dim * self.expansion_factor
         x = layer_norm(**kw, name="norm")(x)
         x = dense(2 * inner, ("embed", "mlp"), **kw, name="pointwise_in")(x)
-        x = self._gated_depthwise(x, mask[:, :, None], inner)
-        x = ChannelLayerNorm(**kw, name="channel_norm")(x)
+        out, gate = jnp.split(x, 2, axis=-1)
+        x = out * jax.nn.sigmoid(gate)
+
+        valid = mask[:, :, None]
+        x = jnp.where(valid, x, 0.0)
+        x = self._depthwise(x, inner)
+        x = jnp.where(valid, x, 0.0)
+
+        x = ChannelLayerNorm(**kw, name="channel_norm")(swish(x))
         x = dense(self.dim, ("mlp", "embed"), **kw, name="pointwise_out")(x)
         return nn.Dropout(self.dropout)(x, deterministic=self.deterministic)
 
-    def _gated_depthwise(self, h: jax.Array, valid: jax.Array, channels: int) -> jax.Array:
-        """GLU -> mask -> depthwise conv -> mask -> Swish: ``(b, n, 2c)`` -> ``(b, n, c)``."""
+    def _depthwise(self, x: jax.Array, channels: int) -> jax.Array:
         k = self.kernel_size
         kernel = self.param("depthwise_kernel", partitioned(nn.initializers.lecun_normal(in_axis=0, out_axis=1),
                                                             (None, "mlp")), (k, channels), self.param_dtype)
         bias = self.param("depthwise_bias", partitioned(nn.initializers.zeros_init(), ("mlp",)), (channels,),
                           self.param_dtype)
         padding = (k - 1, 0) if self.causal else (k // 2, k // 2 - (k + 1) % 2)
-        return gated_depthwise_swish(h, valid, kernel.astype(h.dtype), bias.astype(h.dtype), padding)
+        return depthwise_conv1d(x, kernel.astype(x.dtype), bias.astype(x.dtype), padding)
 
 
 class ConformerBlock(nn.Module):

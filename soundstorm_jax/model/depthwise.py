@@ -1,25 +1,18 @@
 """The Conformer's depthwise 1-d convolution, with its backward pass written out.
 
-Two entry points:
+:func:`depthwise_conv1d` computes the convolution as ``k`` shifted multiply-adds,
+which XLA fuses into one pass (on CPU ten times faster than a grouped
+convolution). Its backward pass is written out, because autodiff transposes the
+shifted slices into ``k`` scatter-adds: the input gradient is the same
+correlation with the flipped kernel and swapped padding; the kernel gradient is
+the correlation of input and output gradient at ``k`` lags, done on CPU as one
+FFT cross-correlation (``k`` column reductions over batch and time run at a few
+GB/s there: the convolution module's forward + backward went from 304 to 259 ms,
+README configuration) and elsewhere as ``k`` fused reductions.
 
-* :func:`depthwise_conv1d` ``(x, kernel, bias, padding)``: the convolution alone.
-* :func:`gated_depthwise_swish` ``(h, valid, kernel, bias, padding)``: what the
-  convolution module does between its two pointwise convolutions, as one
-  function: ``swish(mask(depthwise(mask(GLU(h)))))``.
-
-Both compute the convolution as ``k`` shifted multiply-adds, which XLA fuses
-into one pass (on CPU ten times faster than a grouped convolution), and both
-have hand-written backward passes: autodiff transposes the shifted slices into
-``k`` scatter-adds. The input gradient is the same correlation with the flipped
-kernel and swapped padding; the kernel gradient is the correlation of input and
-output gradient at ``k`` lags, done on CPU as one FFT cross-correlation (``k``
-column reductions over batch and time run at a few GB/s there) and elsewhere as
-``k`` fused reductions. The gated form also writes the GLU and Swish
-derivatives out (CPU, README configuration: the convolution module's forward +
-backward 259 -> 242 ms).
-XLA's CPU fusion still recomputes the ``k``-tap sum inside some consumers
-(``optimization_barrier`` is dropped before fusion there), which is where most
-of the module's remaining non-matmul time goes.
+(Writing the whole GLU -> conv -> Swish chain as one custom-VJP op saved another
+7% of the module in isolation but cost 0.2 s per training step of
+``configs/base.py``, whose layers are scanned; not done.)
 
 Shapes: ``b`` batch, ``n`` frames, ``c`` channels, ``k`` kernel taps;
 ``padding = (left, right)`` with ``left + right = k - 1``.
@@ -106,39 +99,3 @@ def _depthwise_backward(padding, residuals, grad):
 
 
 depthwise_conv1d.defvjp(_depthwise_forward, _depthwise_backward)
-
-
-# ---- GLU -> mask -> convolution -> mask -> Swish, as one function ------------------------------------
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def gated_depthwise_swish(h: jax.Array, valid: jax.Array, kernel: jax.Array, bias: jax.Array,
-                          padding: tuple[int, int]) -> jax.Array:
-    """``swish(mask(depthwise(mask(GLU(h)))))``: h ``(b, n, 2c)``, valid ``(b, n, 1)`` bool -> ``(b, n, c)``.
-
-    GLU is ``h[..., :c] * sigmoid(h[..., c:])``; the masks zero padded frames
-    before and after the convolution, so padding never reaches a valid frame.
-    """
-    return _gated_forward(h, valid, kernel, bias, padding)[0]
-
-
-def _gated_forward(h, valid, kernel, bias, padding):
-    out, gate = jnp.split(h, 2, axis=-1)
-    x = jnp.where(valid, out * jax.nn.sigmoid(gate), 0.0)
-    y = jnp.where(valid, shifted_sum(x, kernel, padding) + bias, 0.0)
-    return y * jax.nn.sigmoid(y), (h, valid, x, y, kernel, bias)
-
-
-def _gated_backward(padding, residuals, grad):
-    h, valid, x, y, kernel, bias = residuals
-    sigmoid_y = jax.nn.sigmoid(y)
-    grad_y = jnp.where(valid, grad * sigmoid_y * (1 + y * (1 - sigmoid_y)), 0.0)     # through Swish and mask
-    grad_x = jnp.where(valid, _input_gradient(grad_y, kernel, padding), 0.0)         # through conv and mask
-    grad_kernel = kernel_gradient(x, grad_y, padding, kernel.shape[0])
-    out, gate = jnp.split(h, 2, axis=-1)
-    sigmoid_gate = jax.nn.sigmoid(gate)
-    grad_h = jnp.concatenate([grad_x * sigmoid_gate, grad_x * out * sigmoid_gate * (1 - sigmoid_gate)], axis=-1)
-    return grad_h, None, grad_kernel.astype(kernel.dtype), jnp.sum(grad_y, axis=(0, 1)).astype(bias.dtype)
-
-
-gated_depthwise_swish.defvjp(_gated_forward, _gated_backward)
