@@ -9,6 +9,25 @@ import time
 import jax
 import jax.numpy as jnp
 
+# The README configuration with the reference's defaults, on codes (B, N, Q).
+README_CONFORMER = dict(dim=512, depth=2, num_residual_streams=4)
+K, Q, B, N, STEPS = 1024, 12, 2, 1024, 18
+
+
+def readme_model(**conformer):
+    """``(model, variables, codes)``: SoundStorm over the README network (value residual on), initialised.
+
+    ``conformer`` overrides the Conformer's options (attention_impl, scan_layers, num_residual_streams, ...).
+    """
+    from soundstorm_jax import ConformerWrapper, SoundStorm
+
+    net = ConformerWrapper(codebook_size=K, num_quantizers=Q,
+                           conformer=dict(README_CONFORMER, value_residual=True) | conformer)
+    model = SoundStorm(net, steps=STEPS, schedule="cosine")
+    codes = jax.random.randint(jax.random.key(0), (B, N, Q), 0, K)
+    variables = jax.jit(model.init)({"params": jax.random.key(1), "masking": jax.random.key(2)}, codes)
+    return model, variables, codes
+
 
 def median_seconds(fn, *, warmup: int = 1, repeats: int = 3) -> tuple[float, list[float]]:
     """Median wall time of ``fn()`` (which must block until done) after ``warmup`` calls."""

@@ -22,27 +22,26 @@ import json
 import pathlib
 import re
 import resource
+import sys
 import tempfile
 import time
 
 import jax
 
-from soundstorm_jax import ConformerWrapper, SoundStorm
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import readme_model  # noqa: E402
 
-K, Q, B, N = 1024, 12, 2, 1024
 SKIP = ("$", "Thunk", "while", "Slinky", "ThreadpoolListener", "PjitFunction", "Common", "PythonRefManager",
         "Wait for usage holds", "end: ")
 
 
-def build_step(streams: int, value_residual: bool, scan_layers: bool):
-    net = ConformerWrapper(codebook_size=K, num_quantizers=Q, conformer=dict(
-        dim=512, depth=2, num_residual_streams=streams, value_residual=value_residual, attention_impl="einsum",
-        scan_layers=scan_layers))
-    model = SoundStorm(net, steps=18, schedule="cosine")
-    codes = jax.random.randint(jax.random.key(0), (B, N, Q), 0, K)
-    variables = jax.jit(model.init)({"params": jax.random.key(1), "masking": jax.random.key(2)}, codes)
+def compiled_step(streams: int, value_residual: bool, scan_layers: bool):
+    """The compiled ``value_and_grad`` of the loss, its variables and its rng key."""
+    model, variables, codes = readme_model(num_residual_streams=streams, value_residual=value_residual,
+                                           attention_impl="einsum", scan_layers=scan_layers)
     step = jax.jit(jax.value_and_grad(lambda v, key: model.apply(v, codes, rngs={"masking": key})[0]))
-    return step, variables
+    key = jax.random.key(3)
+    return step.lower(variables, key).compile(), variables, key
 
 
 def operations(trace_dir: pathlib.Path) -> list[dict]:
@@ -80,9 +79,8 @@ def main() -> None:
     parser.add_argument("--trace-dir", default=None, help="where the trace goes (default: a temporary folder)")
     args = parser.parse_args()
 
-    step, variables = build_step(args.streams, args.value_residual, args.scan_layers)
-    key = jax.random.key(3)
-    for _ in range(2):  # compile, then one warm call so allocations settle
+    step, variables, key = compiled_step(args.streams, args.value_residual, args.scan_layers)
+    for _ in range(2):  # warm calls, so allocations settle
         jax.block_until_ready(step(variables, key))
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
@@ -94,7 +92,7 @@ def main() -> None:
     with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
         jax.block_until_ready(step(variables, key))
     ops = operations(trace_dir)
-    origins = hlo_origins(step.lower(variables, key).compile().as_text())
+    origins = hlo_origins(step.as_text())
 
     by_kind, by_op, calls = collections.Counter(), collections.Counter(), collections.Counter()
     for op in ops:

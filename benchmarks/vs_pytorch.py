@@ -19,8 +19,9 @@ backward pass stacks and slices every saved activation, 0.2 s per training step
 here). The allocator matters on CPU: XLA allocates its buffers afresh on every
 call, and with glibc's malloc the big ones arrive as fresh pages each time (we
 counted 430,000 page faults, 1.7 GB, per training step); with
-``LD_PRELOAD=libtcmalloc_minimal.so.4`` none after warm-up. The reference side runs in a subprocess with the same environment, so both
-sides get the same allocator, and the report names it.
+``LD_PRELOAD=libtcmalloc_minimal.so.4`` none after warm-up. The reference side
+runs in a subprocess with the same environment, so both sides get the same
+allocator, and the report names it.
 """
 from __future__ import annotations
 
@@ -36,22 +37,17 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import forward_flops, machine, matmul_peak_flops, median_seconds  # noqa: E402
+from common import (B, K, N, Q, README_CONFORMER, STEPS, forward_flops, machine, matmul_peak_flops,  # noqa: E402
+                    median_seconds, readme_model)
 
-from soundstorm_jax import ConformerWrapper, SoundStorm  # noqa: E402
 from soundstorm_jax.interop import export_state_dict  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
-CONFORMER = dict(dim=512, depth=2, num_residual_streams=4)
-K, Q, B, N, STEPS = 1024, 12, 2, 1024, 18
 
 
 def ours(parts, repeats, warmup, attention):
-    net = ConformerWrapper(codebook_size=K, num_quantizers=Q,
-                           conformer=dict(CONFORMER, value_residual=True, attention_impl=attention, scan_layers=False))
-    model = SoundStorm(net, steps=STEPS, schedule="cosine")
-    codes = jax.random.randint(jax.random.key(0), (B, N, Q), 0, K)
-    variables = jax.jit(model.init)({"params": jax.random.key(1), "masking": jax.random.key(2)}, codes)
+    model, variables, codes = readme_model(attention_impl=attention, scan_layers=False)
+    net = model.net
     out = {"model": model, "variables": variables, "codes": np.asarray(codes)}
     if "forward" in parts:
         forward = jax.jit(lambda v, c: net.apply({"params": v["params"]["net"]}, c))
@@ -80,7 +76,7 @@ def reference(python, model, variables, codes, parts, repeats, warmup):
         np.save(f"{tmp}/codes.npy", codes)
         spec = dict(weights=f"{tmp}/weights.npz", codes=f"{tmp}/codes.npy", parts=parts, repeats=repeats,
                     warmup=warmup, batch=B, frames=N, levels=Q, codebook_size=K,
-                    wrapper=dict(codebook_size=K, num_quantizers=Q, conformer=CONFORMER),
+                    wrapper=dict(codebook_size=K, num_quantizers=Q, conformer=README_CONFORMER),
                     soundstorm=dict(steps=STEPS, schedule="cosine"))
         pathlib.Path(f"{tmp}/spec.json").write_text(json.dumps(spec))
         done = subprocess.run([python, str(HERE / "reference_side.py"), f"{tmp}/spec.json"], env=env,
@@ -110,7 +106,7 @@ def main() -> None:
                        args.repeats, args.warmup)
     peak = max(jax_peak, theirs["matmul_peak_flops_per_second"])
 
-    shape = dict(CONFORMER, codebook_size=K, batch=B, frames=N)
+    shape = dict(README_CONFORMER, codebook_size=K, batch=B, frames=N)
     all_heads, one_head = forward_flops(heads_computed=Q, **shape), forward_flops(heads_computed=1, **shape)
     passes = STEPS + Q - 1
     # Backward is about twice the forward. Our loss evaluates one head per example; the reference's all twelve.

@@ -78,9 +78,6 @@ def _input_gradient(grad, kernel, padding):
     return shifted_sum(grad, kernel[::-1], (right, left))
 
 
-# ---- the convolution alone ---------------------------------------------------------------------
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def depthwise_conv1d(x: jax.Array, kernel: jax.Array, bias: jax.Array, padding: tuple[int, int]) -> jax.Array:
     """Depthwise 1-d cross-correlation: x ``(b, n, c)``, kernel ``(k, c)``, bias ``(c,)`` -> ``(b, n, c)``."""
