@@ -52,221 +52,221 @@ _TEXT_SUFFIXES = (".txt", ".normalized.txt", ".original.txt")
 
 @dataclasses.dataclass(frozen=True)
 class AudioFile:
-  """One discovered audio file and its sidecar data."""
-  path: str
-  id: str
-  text: str
-  speaker: str
-  semantic_path: Optional[str]
+    """One discovered audio file and its sidecar data."""
+    path: str
+    id: str
+    text: str
+    speaker: str
+    semantic_path: Optional[str]
 
 
 def _stem(path: str) -> str:
-  return os.path.splitext(path)[0]
+    return os.path.splitext(path)[0]
 
 
 def _read_librispeech_transcripts(directory: str) -> dict[str, str]:
-  transcripts = {}
-  for name in os.listdir(directory):
-    if name.endswith(".trans.txt"):
-      with open(os.path.join(directory, name), encoding="utf-8") as f:
-        for line in f:
-          utt, _, text = line.strip().partition(" ")
-          if utt:
-            transcripts[utt] = text
-  return transcripts
+    transcripts = {}
+    for name in os.listdir(directory):
+        if name.endswith(".trans.txt"):
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                for line in f:
+                    utt, _, text = line.strip().partition(" ")
+                    if utt:
+                        transcripts[utt] = text
+    return transcripts
 
 
 def _describe(path: str, root: str, transcripts: Mapping[str, str]) -> AudioFile:
-  stem = _stem(path)
-  file_id = os.path.relpath(stem, root).replace(os.sep, "/")
-  text = transcripts.get(os.path.basename(stem), "")
-  for suffix in _TEXT_SUFFIXES:
-    if os.path.exists(stem + suffix):
-      with open(stem + suffix, encoding="utf-8") as f:
-        text = f.read().strip()
-      break
-  # The speaker is the first folder below the split folder, if any (LibriSpeech).
-  parts = file_id.split("/")
-  parts = parts[1:] if parts[0] in (TRAIN, VALIDATION) else parts
-  speaker = parts[0] if len(parts) > 1 else ""
-  if os.path.exists(stem + ".json"):
-    with open(stem + ".json", encoding="utf-8") as f:
-      meta = json.load(f)
-    text = meta.get("text", text)
-    speaker = meta.get("speaker", speaker)
-  semantic = stem + ".semantic.npy"
-  return AudioFile(path, file_id, text, speaker,
-                   semantic if os.path.exists(semantic) else None)
+    stem = _stem(path)
+    file_id = os.path.relpath(stem, root).replace(os.sep, "/")
+    text = transcripts.get(os.path.basename(stem), "")
+    for suffix in _TEXT_SUFFIXES:
+        if os.path.exists(stem + suffix):
+            with open(stem + suffix, encoding="utf-8") as f:
+                text = f.read().strip()
+            break
+    # The speaker is the first folder below the split folder, if any (LibriSpeech).
+    parts = file_id.split("/")
+    parts = parts[1:] if parts[0] in (TRAIN, VALIDATION) else parts
+    speaker = parts[0] if len(parts) > 1 else ""
+    if os.path.exists(stem + ".json"):
+        with open(stem + ".json", encoding="utf-8") as f:
+            meta = json.load(f)
+        text = meta.get("text", text)
+        speaker = meta.get("speaker", speaker)
+    semantic = stem + ".semantic.npy"
+    return AudioFile(path, file_id, text, speaker,
+                     semantic if os.path.exists(semantic) else None)
 
 
 def find_audio_files(root: str) -> list[AudioFile]:
-  """All audio files under `root` (recursive), sorted by id.
+    """All audio files under `root` (recursive), sorted by id.
 
-  Raises:
-    FileNotFoundError: `root` is not a directory.
-    ValueError: it holds no audio files.
-  """
-  if not os.path.isdir(root):
-    raise FileNotFoundError(f"audio folder {root!r} does not exist or is not a directory")
-  found = []
-  for directory, _, names in os.walk(root):
-    transcripts = None
-    for name in sorted(names):
-      if name.lower().endswith(audio_io.AUDIO_EXTENSIONS):
-        if transcripts is None:
-          transcripts = _read_librispeech_transcripts(directory)
-        found.append(_describe(os.path.join(directory, name), root, transcripts))
-  if not found:
-    raise ValueError(
-        f"audio folder {root!r} holds no audio files "
-        f"(looked for {', '.join(audio_io.AUDIO_EXTENSIONS)})")
-  return sorted(found, key=lambda f: f.id)
+    Raises:
+      FileNotFoundError: `root` is not a directory.
+      ValueError: it holds no audio files.
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"audio folder {root!r} does not exist or is not a directory")
+    found = []
+    for directory, _, names in os.walk(root):
+        transcripts = None
+        for name in sorted(names):
+            if name.lower().endswith(audio_io.AUDIO_EXTENSIONS):
+                if transcripts is None:
+                    transcripts = _read_librispeech_transcripts(directory)
+                found.append(_describe(os.path.join(directory, name), root, transcripts))
+    if not found:
+        raise ValueError(
+            f"audio folder {root!r} holds no audio files "
+            f"(looked for {', '.join(audio_io.AUDIO_EXTENSIONS)})")
+    return sorted(found, key=lambda f: f.id)
 
 
 def split_files(files: list, root: str, *, validation_fraction: float,
                 seed: int) -> dict[str, list]:
-  """Deterministic train/validation split (see the module docstring).
+    """Deterministic train/validation split (see the module docstring).
 
-  Args:
-    files: items with an `id` attribute ("train/..." ids when split folders exist).
-  """
-  if all(os.path.isdir(os.path.join(root, s)) for s in (TRAIN, VALIDATION)):
-    return {s: [f for f in files if f.id.startswith(s + "/")] for s in (TRAIN, VALIDATION)}
-  if not 0.0 <= validation_fraction < 1.0:
-    raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-  order = np.random.default_rng(seed).permutation(len(files))
-  n_val = int(round(validation_fraction * len(files)))
-  if validation_fraction > 0 and len(files) >= 2:
-    n_val = max(n_val, 1)
-  val = set(order[:n_val].tolist())
-  return {TRAIN: [f for i, f in enumerate(files) if i not in val],
-          VALIDATION: [f for i, f in enumerate(files) if i in val]}
+    Args:
+      files: items with an `id` attribute ("train/..." ids when split folders exist).
+    """
+    if all(os.path.isdir(os.path.join(root, s)) for s in (TRAIN, VALIDATION)):
+        return {s: [f for f in files if f.id.startswith(s + "/")] for s in (TRAIN, VALIDATION)}
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_val = int(round(validation_fraction * len(files)))
+    if validation_fraction > 0 and len(files) >= 2:
+        n_val = max(n_val, 1)
+    val = set(order[:n_val].tolist())
+    return {TRAIN: [f for i, f in enumerate(files) if i not in val],
+            VALIDATION: [f for i, f in enumerate(files) if i in val]}
 
 
 def load_semantic_ids(path: str) -> np.ndarray:
-  """Reads a `.semantic.npy` sidecar: a 1-D array of non-negative integers."""
-  ids = np.load(path)
-  if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-    raise ValueError(f"semantic ids file {path!r} must hold a 1-D integer array, "
-                     f"got shape {ids.shape} dtype {ids.dtype}")
-  if ids.size and ids.min() < 0:
-    raise ValueError(f"semantic ids file {path!r} holds negative ids")
-  return ids.astype(np.int32)
+    """Reads a `.semantic.npy` sidecar: a 1-D array of non-negative integers."""
+    ids = np.load(path)
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"semantic ids file {path!r} must hold a 1-D integer array, "
+                         f"got shape {ids.shape} dtype {ids.dtype}")
+    if ids.size and ids.min() < 0:
+        raise ValueError(f"semantic ids file {path!r} holds negative ids")
+    return ids.astype(np.int32)
 
 
 def audio_features() -> tfds.features.FeaturesDict:
-  return tfds.features.FeaturesDict({
-      "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
-      "sample_rate": tfds.features.Scalar(dtype=np.int32),
-      "id": tfds.features.Text(),
-      "text": tfds.features.Text(),
-      "speaker": tfds.features.Text(),
-      "semantic_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-  })
+    return tfds.features.FeaturesDict({
+        "audio": tfds.features.Tensor(shape=(None,), dtype=np.int16),
+        "sample_rate": tfds.features.Scalar(dtype=np.int32),
+        "id": tfds.features.Text(),
+        "text": tfds.features.Text(),
+        "speaker": tfds.features.Text(),
+        "semantic_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+    })
 
 
 class AudioFolder(tfds.core.GeneratorBasedBuilder):
-  """A folder of audio files as a TFDS dataset (see the module docstring).
+    """A folder of audio files as a TFDS dataset (see the module docstring).
 
-  Prepared data lands in `<data_dir>/audio_folder/1.0.0/`; once there it is
-  reused: pass a fresh `data_dir` after changing the folder.
-  """
-
-  VERSION = tfds.core.Version("1.0.0")
-
-  def __init__(self, *, audio_dir: Optional[str] = None,
-               sample_rate: Optional[int] = None, allow_resample: bool = True,
-               validation_fraction: float = 0.05, split_seed: int = 0,
-               on_bad_file: str = "raise",
-               metadata: Optional[Mapping[str, Any]] = None, **kwargs):
-    """Args:
-      audio_dir: the folder to prepare (not needed to read a prepared one).
-      sample_rate: the dataset's rate in Hz; None takes the first file's rate
-        and refuses files at any other rate.
-      allow_resample: resample files whose rate differs from `sample_rate`
-        (True) or raise naming the file (False).
-      validation_fraction, split_seed: the split when there are no
-        train/validation folders.
-      on_bad_file: "raise" (default) an `AudioError` naming the file, or
-        "skip" it with a warning and count it.
-      metadata: JSON-able facts stored with the dataset (e.g. semantic rate).
-      **kwargs: for `tfds.core.GeneratorBasedBuilder` (`data_dir`, ...);
-        `file_format` defaults to "array_record".
+    Prepared data lands in `<data_dir>/audio_folder/1.0.0/`; once there it is
+    reused: pass a fresh `data_dir` after changing the folder.
     """
-    if on_bad_file not in ("raise", "skip"):
-      raise ValueError(f"on_bad_file must be 'raise' or 'skip', got {on_bad_file!r}")
-    self._audio_dir = audio_dir
-    self._sample_rate = sample_rate
-    self._allow_resample = allow_resample
-    self._validation_fraction = validation_fraction
-    self._split_seed = split_seed
-    self._on_bad_file = on_bad_file
-    self._metadata = dict(metadata or {})
-    self.skipped_files: list[str] = []
-    kwargs.setdefault("file_format", "array_record")
-    super().__init__(**kwargs)
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="Mono int16 audio from a local folder, with optional "
-                    "transcripts and semantic token ids.",
-        features=audio_features(),
-        metadata=tfds.core.MetadataDict(self._metadata),
-    )
+    VERSION = tfds.core.Version("1.0.0")
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Local files only.
-    if self._audio_dir is None:
-      raise ValueError("AudioFolder needs audio_dir=... to prepare a dataset")
-    files = find_audio_files(self._audio_dir)
-    if self._sample_rate is None:
-      # The first file fixes the rate (an unreadable one raises, naming it);
-      # any other rate is refused.
-      self._sample_rate = audio_io.load_audio(files[0].path)[1]
-      self._allow_resample = False
-    self.info.metadata["sample_rate"] = self._sample_rate
-    splits = split_files(files, self._audio_dir,
-                         validation_fraction=self._validation_fraction,
-                         seed=self._split_seed)
-    # TFDS refuses empty splits; a one-file folder has no validation split.
-    return {name: self._generate_examples(split) for name, split in splits.items() if split}
+    def __init__(self, *, audio_dir: Optional[str] = None,
+                 sample_rate: Optional[int] = None, allow_resample: bool = True,
+                 validation_fraction: float = 0.05, split_seed: int = 0,
+                 on_bad_file: str = "raise",
+                 metadata: Optional[Mapping[str, Any]] = None, **kwargs):
+        """Args:
+          audio_dir: the folder to prepare (not needed to read a prepared one).
+          sample_rate: the dataset's rate in Hz; None takes the first file's rate
+            and refuses files at any other rate.
+          allow_resample: resample files whose rate differs from `sample_rate`
+            (True) or raise naming the file (False).
+          validation_fraction, split_seed: the split when there are no
+            train/validation folders.
+          on_bad_file: "raise" (default) an `AudioError` naming the file, or
+            "skip" it with a warning and count it.
+          metadata: JSON-able facts stored with the dataset (e.g. semantic rate).
+          **kwargs: for `tfds.core.GeneratorBasedBuilder` (`data_dir`, ...);
+            `file_format` defaults to "array_record".
+        """
+        if on_bad_file not in ("raise", "skip"):
+            raise ValueError(f"on_bad_file must be 'raise' or 'skip', got {on_bad_file!r}")
+        self._audio_dir = audio_dir
+        self._sample_rate = sample_rate
+        self._allow_resample = allow_resample
+        self._validation_fraction = validation_fraction
+        self._split_seed = split_seed
+        self._on_bad_file = on_bad_file
+        self._metadata = dict(metadata or {})
+        self.skipped_files: list[str] = []
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
 
-  def _generate_examples(self, files: list[AudioFile]) -> Iterator[tuple[str, dict]]:
-    for f in files:
-      try:
-        audio, rate = audio_io.load_audio(f.path, self._sample_rate,
-                                          allow_resample=self._allow_resample)
-        semantic = (load_semantic_ids(f.semantic_path) if f.semantic_path
-                    else np.zeros((0,), np.int32))
-      except (audio_io.AudioError, ValueError) as e:
-        if self._on_bad_file == "raise":
-          raise
-        self.skipped_files.append(f.path)
-        logging.warning("skipping %s (%d skipped so far): %s", f.path,
-                        len(self.skipped_files), e)
-        continue
-      yield f.id, {"audio": audio, "sample_rate": rate, "id": f.id,
-                   "text": f.text, "speaker": f.speaker, "semantic_ids": semantic}
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Mono int16 audio from a local folder, with optional "
+                        "transcripts and semantic token ids.",
+            features=audio_features(),
+            metadata=tfds.core.MetadataDict(self._metadata),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # Local files only.
+        if self._audio_dir is None:
+            raise ValueError("AudioFolder needs audio_dir=... to prepare a dataset")
+        files = find_audio_files(self._audio_dir)
+        if self._sample_rate is None:
+            # The first file fixes the rate (an unreadable one raises, naming it);
+            # any other rate is refused.
+            self._sample_rate = audio_io.load_audio(files[0].path)[1]
+            self._allow_resample = False
+        self.info.metadata["sample_rate"] = self._sample_rate
+        splits = split_files(files, self._audio_dir,
+                             validation_fraction=self._validation_fraction,
+                             seed=self._split_seed)
+        # TFDS refuses empty splits; a one-file folder has no validation split.
+        return {name: self._generate_examples(split) for name, split in splits.items() if split}
+
+    def _generate_examples(self, files: list[AudioFile]) -> Iterator[tuple[str, dict]]:
+        for f in files:
+            try:
+                audio, rate = audio_io.load_audio(f.path, self._sample_rate,
+                                                  allow_resample=self._allow_resample)
+                semantic = (load_semantic_ids(f.semantic_path) if f.semantic_path
+                            else np.zeros((0,), np.int32))
+            except (audio_io.AudioError, ValueError) as e:
+                if self._on_bad_file == "raise":
+                    raise
+                self.skipped_files.append(f.path)
+                logging.warning("skipping %s (%d skipped so far): %s", f.path,
+                                len(self.skipped_files), e)
+                continue
+            yield f.id, {"audio": audio, "sample_rate": rate, "id": f.id,
+                         "text": f.text, "speaker": f.speaker, "semantic_ids": semantic}
 
 
 def prepare_audio_folder(audio_dir: str, data_dir: str, **kwargs) -> AudioFolder:
-  """Builds (or reuses) the ArrayRecord dataset for `audio_dir` in `data_dir`.
+    """Builds (or reuses) the ArrayRecord dataset for `audio_dir` in `data_dir`.
 
-  Returns the builder; read a split with `builder.as_data_source("train")`.
-  `kwargs` go to `AudioFolder`.
-  """
-  builder = AudioFolder(audio_dir=audio_dir, data_dir=data_dir, **kwargs)
-  builder.download_and_prepare()
-  return builder
+    Returns the builder; read a split with `builder.as_data_source("train")`.
+    `kwargs` go to `AudioFolder`.
+    """
+    builder = AudioFolder(audio_dir=audio_dir, data_dir=data_dir, **kwargs)
+    builder.download_and_prepare()
+    return builder
 
 
 def open_prepared(dataset_dir: str) -> tfds.core.DatasetBuilder:
-  """A read-only builder for an already prepared dataset version folder.
+    """A read-only builder for an already prepared dataset version folder.
 
-  Args:
-    dataset_dir: e.g. `<data_dir>/audio_folder/1.0.0` (`builder.data_dir`).
-  """
-  if not os.path.isdir(dataset_dir):
-    raise FileNotFoundError(f"prepared dataset folder {dataset_dir!r} does not exist")
-  return tfds.builder_from_directory(dataset_dir)
+    Args:
+      dataset_dir: e.g. `<data_dir>/audio_folder/1.0.0` (`builder.data_dir`).
+    """
+    if not os.path.isdir(dataset_dir):
+        raise FileNotFoundError(f"prepared dataset folder {dataset_dir!r} does not exist")
+    return tfds.builder_from_directory(dataset_dir)

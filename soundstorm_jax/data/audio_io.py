@@ -20,71 +20,71 @@ INT16_SCALE = 32767.0
 
 
 class AudioError(ValueError):
-  """A file that cannot become a training waveform; the message names it."""
+    """A file that cannot become a training waveform; the message names it."""
 
 
 def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
-  """Band-limited polyphase resampling (Kaiser-windowed sinc, scipy).
+    """Band-limited polyphase resampling (Kaiser-windowed sinc, scipy).
 
-  Args:
-    audio: float waveform, shape (samples,).
-    source_rate, target_rate: sample rates in Hz.
+    Args:
+      audio: float waveform, shape (samples,).
+      source_rate, target_rate: sample rates in Hz.
 
-  Returns:
-    float32 waveform, shape (ceil(samples * target_rate / source_rate),).
-  """
-  if source_rate == target_rate:
-    return np.asarray(audio, np.float32)
-  if source_rate <= 0 or target_rate <= 0:
-    raise ValueError(f"sample rates must be positive, got {source_rate} -> {target_rate}")
-  from scipy import signal  # Imported here: only resampling needs scipy.
+    Returns:
+      float32 waveform, shape (ceil(samples * target_rate / source_rate),).
+    """
+    if source_rate == target_rate:
+        return np.asarray(audio, np.float32)
+    if source_rate <= 0 or target_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {source_rate} -> {target_rate}")
+    from scipy import signal  # Imported here: only resampling needs scipy.
 
-  g = math.gcd(int(source_rate), int(target_rate))
-  up, down = int(target_rate) // g, int(source_rate) // g
-  out = signal.resample_poly(np.asarray(audio, np.float64), up, down)
-  return out.astype(np.float32)
+    g = math.gcd(int(source_rate), int(target_rate))
+    up, down = int(target_rate) // g, int(source_rate) // g
+    out = signal.resample_poly(np.asarray(audio, np.float64), up, down)
+    return out.astype(np.float32)
 
 
 def float_to_int16(audio: np.ndarray) -> np.ndarray:
-  """Quantises a float waveform in [-1, 1] to int16; values beyond are clipped."""
-  return np.round(np.clip(audio, -1.0, 1.0) * INT16_SCALE).astype(np.int16)
+    """Quantises a float waveform in [-1, 1] to int16; values beyond are clipped."""
+    return np.round(np.clip(audio, -1.0, 1.0) * INT16_SCALE).astype(np.int16)
 
 
 def int16_to_float(audio: np.ndarray) -> np.ndarray:
-  """Inverse of `float_to_int16` (up to rounding): int16 -> float32 in [-1, 1]."""
-  return np.asarray(audio, np.float32) / INT16_SCALE
+    """Inverse of `float_to_int16` (up to rounding): int16 -> float32 in [-1, 1]."""
+    return np.asarray(audio, np.float32) / INT16_SCALE
 
 
 def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> str:
-  """Writes a float waveform (clipped to [-1, 1], NaN -> 0) as a 16-bit mono WAV; returns the path.
+    """Writes a float waveform (clipped to [-1, 1], NaN -> 0) as a 16-bit mono WAV; returns the path.
 
-  Raises `AudioError` naming the file when it cannot be written.
-  """
-  audio = np.clip(np.nan_to_num(np.asarray(audio, np.float32)), -1.0, 1.0)
-  try:
-    soundfile.write(os.fspath(path), audio, int(sample_rate), subtype="PCM_16")
-  except Exception as e:  # soundfile raises several types (RuntimeError, OSError, ...).
-    raise AudioError(f"cannot write {os.fspath(path)!r}: {e}") from e
-  return os.fspath(path)
+    Raises `AudioError` naming the file when it cannot be written.
+    """
+    audio = np.clip(np.nan_to_num(np.asarray(audio, np.float32)), -1.0, 1.0)
+    try:
+        soundfile.write(os.fspath(path), audio, int(sample_rate), subtype="PCM_16")
+    except Exception as e:  # soundfile raises several types (RuntimeError, OSError, ...).
+        raise AudioError(f"cannot write {os.fspath(path)!r}: {e}") from e
+    return os.fspath(path)
 
 
 def make_output_dir(path: str | os.PathLike) -> str:
-  """Creates a folder to write into; `AudioError` when it cannot be created or is not writable."""
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    raise AudioError(f"cannot create output folder {os.fspath(path)!r}: {e.strerror or e}") from e
-  if not os.access(path, os.W_OK):
-    raise AudioError(f"output folder {os.fspath(path)!r} is not writable")
-  return os.fspath(path)
+    """Creates a folder to write into; `AudioError` when it cannot be created or is not writable."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise AudioError(f"cannot create output folder {os.fspath(path)!r}: {e.strerror or e}") from e
+    if not os.access(path, os.W_OK):
+        raise AudioError(f"output folder {os.fspath(path)!r} is not writable")
+    return os.fspath(path)
 
 
 def write_waveforms(waveforms, out_dir: str | os.PathLike, sample_rate: int, *,
                     prefix: str = "sample") -> list[str]:
-  """One WAV per waveform, `out_dir/{prefix}_{i:03d}.wav` (folder created); the paths in order."""
-  make_output_dir(out_dir)
-  return [write_wav(os.path.join(out_dir, f"{prefix}_{i:03d}.wav"), w, sample_rate)
-          for i, w in enumerate(waveforms)]
+    """One WAV per waveform, `out_dir/{prefix}_{i:03d}.wav` (folder created); the paths in order."""
+    make_output_dir(out_dir)
+    return [write_wav(os.path.join(out_dir, f"{prefix}_{i:03d}.wav"), w, sample_rate)
+            for i, w in enumerate(waveforms)]
 
 
 def load_audio(
@@ -93,39 +93,39 @@ def load_audio(
     *,
     allow_resample: bool = True,
 ) -> tuple[np.ndarray, int]:
-  """Reads one audio file as a mono int16 waveform.
+    """Reads one audio file as a mono int16 waveform.
 
-  Args:
-    path: an audio file soundfile can decode.
-    target_sample_rate: the rate the caller needs; None keeps the file's own.
-    allow_resample: when the file's rate differs from `target_sample_rate`,
-      resample (True) or raise `AudioError` (False).
+    Args:
+      path: an audio file soundfile can decode.
+      target_sample_rate: the rate the caller needs; None keeps the file's own.
+      allow_resample: when the file's rate differs from `target_sample_rate`,
+        resample (True) or raise `AudioError` (False).
 
-  Returns:
-    (audio, sample_rate): int16 array of shape (samples,), and its rate in Hz.
+    Returns:
+      (audio, sample_rate): int16 array of shape (samples,), and its rate in Hz.
 
-  Raises:
-    AudioError: the file cannot be decoded, is empty, holds NaN/Inf samples,
-      or has the wrong sample rate and resampling is not allowed.
-  """
-  path = os.fspath(path)
-  try:
-    data, rate = soundfile.read(path, dtype="float32", always_2d=True)
-  except Exception as e:  # soundfile raises several types; all mean "unreadable".
-    raise AudioError(f"cannot read audio file {path!r}: {e}") from e
-  if data.shape[0] == 0:
-    raise AudioError(f"audio file {path!r} has no samples")
-  # Mono: the mean over channels keeps the level of a centred source.
-  audio = data.mean(axis=1)
-  if not np.all(np.isfinite(audio)):
-    bad = int(np.sum(~np.isfinite(audio)))
-    raise AudioError(f"audio file {path!r} has {bad} NaN/Inf samples")
-  if target_sample_rate is not None and rate != target_sample_rate:
-    if not allow_resample:
-      raise AudioError(
-          f"audio file {path!r} has sample rate {rate} Hz but the dataset "
-          f"needs {target_sample_rate} Hz; pass allow_resample=True to "
-          "resample it, or convert the file")
-    audio = resample(audio, rate, target_sample_rate)
-    rate = target_sample_rate
-  return float_to_int16(audio), int(rate)
+    Raises:
+      AudioError: the file cannot be decoded, is empty, holds NaN/Inf samples,
+        or has the wrong sample rate and resampling is not allowed.
+    """
+    path = os.fspath(path)
+    try:
+        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises several types; all mean "unreadable".
+        raise AudioError(f"cannot read audio file {path!r}: {e}") from e
+    if data.shape[0] == 0:
+        raise AudioError(f"audio file {path!r} has no samples")
+    # Mono: the mean over channels keeps the level of a centred source.
+    audio = data.mean(axis=1)
+    if not np.all(np.isfinite(audio)):
+        bad = int(np.sum(~np.isfinite(audio)))
+        raise AudioError(f"audio file {path!r} has {bad} NaN/Inf samples")
+    if target_sample_rate is not None and rate != target_sample_rate:
+        if not allow_resample:
+            raise AudioError(
+                f"audio file {path!r} has sample rate {rate} Hz but the dataset "
+                f"needs {target_sample_rate} Hz; pass allow_resample=True to "
+                "resample it, or convert the file")
+        audio = resample(audio, rate, target_sample_rate)
+        rate = target_sample_rate
+    return float_to_int16(audio), int(rate)

@@ -40,230 +40,230 @@ EncodeFn = Callable[[np.ndarray], Any]
 
 
 class CodesError(ValueError):
-  """Codes that cannot be stored; the message names where they came from."""
+    """Codes that cannot be stored; the message names where they came from."""
 
 
 def validate_codes(codes: Any, *, codebook_size: int, num_levels: Optional[int],
                    name: str) -> np.ndarray:
-  """Checks one utterance's codes and returns them as an int32 array.
+    """Checks one utterance's codes and returns them as an int32 array.
 
-  Args:
-    codes: array-like, shape (frames, levels).
-    codebook_size: K; valid ids are 0..K-1.
-    num_levels: expected levels Q, or None to accept any.
-    name: the file or id named in errors.
+    Args:
+      codes: array-like, shape (frames, levels).
+      codebook_size: K; valid ids are 0..K-1.
+      num_levels: expected levels Q, or None to accept any.
+      name: the file or id named in errors.
 
-  Returns:
-    int32 array, shape (frames, levels).
-  """
-  codes = np.asarray(codes)
-  if codes.ndim != 2:
-    raise CodesError(f"codes {name!r} must have shape (frames, levels), got shape {codes.shape}")
-  if not np.issubdtype(codes.dtype, np.integer):
-    raise CodesError(f"codes {name!r} must be integers, got dtype {codes.dtype}")
-  if codes.shape[0] == 0:
-    raise CodesError(f"codes {name!r} have zero frames")
-  if num_levels is not None and codes.shape[1] != num_levels:
-    raise CodesError(f"codes {name!r} have {codes.shape[1]} levels, expected {num_levels}")
-  lo, hi = int(codes.min()), int(codes.max())
-  if lo < 0 or hi >= codebook_size:
-    raise CodesError(f"codes {name!r} hold ids in [{lo}, {hi}], outside the "
-                     f"codebook [0, {codebook_size - 1}]")
-  return codes.astype(np.int32)
+    Returns:
+      int32 array, shape (frames, levels).
+    """
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise CodesError(f"codes {name!r} must have shape (frames, levels), got shape {codes.shape}")
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise CodesError(f"codes {name!r} must be integers, got dtype {codes.dtype}")
+    if codes.shape[0] == 0:
+        raise CodesError(f"codes {name!r} have zero frames")
+    if num_levels is not None and codes.shape[1] != num_levels:
+        raise CodesError(f"codes {name!r} have {codes.shape[1]} levels, expected {num_levels}")
+    lo, hi = int(codes.min()), int(codes.max())
+    if lo < 0 or hi >= codebook_size:
+        raise CodesError(f"codes {name!r} hold ids in [{lo}, {hi}], outside the "
+                         f"codebook [0, {codebook_size - 1}]")
+    return codes.astype(np.int32)
 
 
 def codes_dtype(codebook_size: int) -> type:
-  """The narrowest stored dtype: int16 while every id fits."""
-  return np.int16 if codebook_size <= 32768 else np.int32
+    """The narrowest stored dtype: int16 while every id fits."""
+    return np.int16 if codebook_size <= 32768 else np.int32
 
 
 @dataclasses.dataclass(frozen=True)
 class CodesFile:
-  path: str
-  id: str
-  semantic_path: Optional[str]
+    path: str
+    id: str
+    semantic_path: Optional[str]
 
 
 def find_code_files(root: str) -> list[CodesFile]:
-  """All `<stem>.npy` code files under `root` (not `.semantic.npy`), by id."""
-  if not os.path.isdir(root):
-    raise FileNotFoundError(f"codes folder {root!r} does not exist or is not a directory")
-  found = []
-  for directory, _, names in os.walk(root):
-    for name in names:
-      if name.endswith(".npy") and not name.endswith(".semantic.npy"):
-        stem = os.path.join(directory, name[:-len(".npy")])
-        semantic = stem + ".semantic.npy"
-        found.append(CodesFile(
-            stem + ".npy", os.path.relpath(stem, root).replace(os.sep, "/"),
-            semantic if os.path.exists(semantic) else None))
-  if not found:
-    raise ValueError(f"codes folder {root!r} holds no .npy code files")
-  return sorted(found, key=lambda f: f.id)
+    """All `<stem>.npy` code files under `root` (not `.semantic.npy`), by id."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"codes folder {root!r} does not exist or is not a directory")
+    found = []
+    for directory, _, names in os.walk(root):
+        for name in names:
+            if name.endswith(".npy") and not name.endswith(".semantic.npy"):
+                stem = os.path.join(directory, name[:-len(".npy")])
+                semantic = stem + ".semantic.npy"
+                found.append(CodesFile(
+                    stem + ".npy", os.path.relpath(stem, root).replace(os.sep, "/"),
+                    semantic if os.path.exists(semantic) else None))
+    if not found:
+        raise ValueError(f"codes folder {root!r} holds no .npy code files")
+    return sorted(found, key=lambda f: f.id)
 
 
 def _pad_batch(audios: list[np.ndarray], batch_size: int, multiple: int) -> np.ndarray:
-  """int16 waveforms -> float32 (batch_size, L) zero-padded, L a multiple of `multiple`."""
-  length = multiple * math.ceil(max(len(a) for a in audios) / multiple)
-  batch = np.zeros((batch_size, length), np.float32)
-  for i, a in enumerate(audios):
-    batch[i, :len(a)] = audio_io.int16_to_float(a)
-  return batch
+    """int16 waveforms -> float32 (batch_size, L) zero-padded, L a multiple of `multiple`."""
+    length = multiple * math.ceil(max(len(a) for a in audios) / multiple)
+    batch = np.zeros((batch_size, length), np.float32)
+    for i, a in enumerate(audios):
+        batch[i, :len(a)] = audio_io.int16_to_float(a)
+    return batch
 
 
 class CodesDataset(tfds.core.GeneratorBasedBuilder):
-  """Codec codes (+ semantic ids) as a TFDS dataset (see the module docstring).
+    """Codec codes (+ semantic ids) as a TFDS dataset (see the module docstring).
 
-  Prepared data lands in `<data_dir>/codes_dataset/1.0.0/`.
-  """
-
-  VERSION = tfds.core.Version("1.0.0")
-
-  def __init__(self, *, codebook_size: int = 1024, num_levels: Optional[int] = None,
-               npy_dir: Optional[str] = None,
-               audio_source: Optional[tfds.core.DatasetBuilder] = None,
-               encode_fn: Optional[EncodeFn] = None,
-               samples_per_frame: Optional[int] = None, encode_batch_size: int = 8,
-               pad_to_multiple: Optional[int] = None,
-               validation_fraction: float = 0.05, split_seed: int = 0,
-               metadata: Optional[Mapping[str, Any]] = None, **kwargs):
-    """Args:
-      codebook_size: K, codes per level; ids must lie in [0, K).
-      num_levels: Q; inferred from the first `.npy` file when None.
-      npy_dir: folder of `.npy` code files (exclusive with `audio_source`).
-      audio_source: a prepared `AudioFolder` builder (anything with
-        `.info.splits` and `.as_data_source(split)`), encoded with `encode_fn`.
-      encode_fn: the codec's encoder, see `EncodeFn`.
-      samples_per_frame: the codec's hop (e.g. 320 for 16 kHz at 50 Hz).
-      encode_batch_size: waveforms per `encode_fn` call.
-      pad_to_multiple: batches are padded to a multiple of this many samples
-        (default 32 frames) so a jitted encoder sees few distinct shapes.
-      validation_fraction, split_seed: split of an `.npy` folder without
-        train/validation folders.
-      metadata: JSON-able facts stored with the dataset (frame rate, ...).
-      **kwargs: for `tfds.core.GeneratorBasedBuilder`; `file_format`
-        defaults to "array_record".
+    Prepared data lands in `<data_dir>/codes_dataset/1.0.0/`.
     """
-    if npy_dir is not None and audio_source is not None:
-      raise ValueError("pass either npy_dir or audio_source, not both")
-    if audio_source is not None and (encode_fn is None or samples_per_frame is None):
-      raise ValueError("audio_source needs encode_fn and samples_per_frame")
-    if audio_source is not None and num_levels is None:
-      raise ValueError("audio_source needs num_levels (the codec's number of levels)")
-    if codebook_size < 1:
-      raise ValueError(f"codebook_size must be positive, got {codebook_size}")
-    self._npy_files = None
-    if npy_dir is not None:
-      self._npy_files = find_code_files(npy_dir)
-      if num_levels is None:
-        first = np.load(self._npy_files[0].path, mmap_mode="r")
-        if first.ndim != 2:
-          raise CodesError(f"codes {self._npy_files[0].path!r} must have shape "
-                           f"(frames, levels), got shape {first.shape}")
-        num_levels = int(first.shape[1])
-    self._npy_dir = npy_dir
-    self._audio_source = audio_source
-    self._encode_fn = encode_fn
-    self._samples_per_frame = samples_per_frame
-    self._encode_batch_size = encode_batch_size
-    self._pad_to_multiple = pad_to_multiple or (32 * (samples_per_frame or 1))
-    self._validation_fraction = validation_fraction
-    self._split_seed = split_seed
-    self._codebook_size = codebook_size
-    self._num_levels = num_levels
-    self._metadata = dict(metadata or {})
-    self._metadata.update(codebook_size=codebook_size)
-    if num_levels is not None:
-      self._metadata.update(num_levels=num_levels)
-    kwargs.setdefault("file_format", "array_record")
-    super().__init__(**kwargs)
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="Residual-VQ codec codes (frames, levels) with optional "
-                    "semantic token ids.",
-        features=tfds.features.FeaturesDict({
-            "codes": tfds.features.Tensor(shape=(None, self._num_levels),
-                                          dtype=codes_dtype(self._codebook_size)),
-            "semantic_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-            "id": tfds.features.Text(),
-            "text": tfds.features.Text(),
-            "speaker": tfds.features.Text(),
-        }),
-        metadata=tfds.core.MetadataDict(self._metadata),
-    )
+    VERSION = tfds.core.Version("1.0.0")
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    if self._npy_files is not None:
-      splits = audio_folder.split_files(self._npy_files, self._npy_dir,
-                                        validation_fraction=self._validation_fraction,
-                                        seed=self._split_seed)
-      return {name: self._generate_examples(files) for name, files in splits.items() if files}
-    if self._audio_source is not None:
-      return {name: self._generate_examples(name) for name in self._audio_source.info.splits}
-    raise ValueError("CodesDataset needs npy_dir=... or audio_source=... to prepare a dataset")
+    def __init__(self, *, codebook_size: int = 1024, num_levels: Optional[int] = None,
+                 npy_dir: Optional[str] = None,
+                 audio_source: Optional[tfds.core.DatasetBuilder] = None,
+                 encode_fn: Optional[EncodeFn] = None,
+                 samples_per_frame: Optional[int] = None, encode_batch_size: int = 8,
+                 pad_to_multiple: Optional[int] = None,
+                 validation_fraction: float = 0.05, split_seed: int = 0,
+                 metadata: Optional[Mapping[str, Any]] = None, **kwargs):
+        """Args:
+          codebook_size: K, codes per level; ids must lie in [0, K).
+          num_levels: Q; inferred from the first `.npy` file when None.
+          npy_dir: folder of `.npy` code files (exclusive with `audio_source`).
+          audio_source: a prepared `AudioFolder` builder (anything with
+            `.info.splits` and `.as_data_source(split)`), encoded with `encode_fn`.
+          encode_fn: the codec's encoder, see `EncodeFn`.
+          samples_per_frame: the codec's hop (e.g. 320 for 16 kHz at 50 Hz).
+          encode_batch_size: waveforms per `encode_fn` call.
+          pad_to_multiple: batches are padded to a multiple of this many samples
+            (default 32 frames) so a jitted encoder sees few distinct shapes.
+          validation_fraction, split_seed: split of an `.npy` folder without
+            train/validation folders.
+          metadata: JSON-able facts stored with the dataset (frame rate, ...).
+          **kwargs: for `tfds.core.GeneratorBasedBuilder`; `file_format`
+            defaults to "array_record".
+        """
+        if npy_dir is not None and audio_source is not None:
+            raise ValueError("pass either npy_dir or audio_source, not both")
+        if audio_source is not None and (encode_fn is None or samples_per_frame is None):
+            raise ValueError("audio_source needs encode_fn and samples_per_frame")
+        if audio_source is not None and num_levels is None:
+            raise ValueError("audio_source needs num_levels (the codec's number of levels)")
+        if codebook_size < 1:
+            raise ValueError(f"codebook_size must be positive, got {codebook_size}")
+        self._npy_files = None
+        if npy_dir is not None:
+            self._npy_files = find_code_files(npy_dir)
+            if num_levels is None:
+                first = np.load(self._npy_files[0].path, mmap_mode="r")
+                if first.ndim != 2:
+                    raise CodesError(f"codes {self._npy_files[0].path!r} must have shape "
+                                     f"(frames, levels), got shape {first.shape}")
+                num_levels = int(first.shape[1])
+        self._npy_dir = npy_dir
+        self._audio_source = audio_source
+        self._encode_fn = encode_fn
+        self._samples_per_frame = samples_per_frame
+        self._encode_batch_size = encode_batch_size
+        self._pad_to_multiple = pad_to_multiple or (32 * (samples_per_frame or 1))
+        self._validation_fraction = validation_fraction
+        self._split_seed = split_seed
+        self._codebook_size = codebook_size
+        self._num_levels = num_levels
+        self._metadata = dict(metadata or {})
+        self._metadata.update(codebook_size=codebook_size)
+        if num_levels is not None:
+            self._metadata.update(num_levels=num_levels)
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
 
-  def _example(self, codes: np.ndarray, semantic: np.ndarray, file_id: str,
-               text: str = "", speaker: str = "") -> dict:
-    return {"codes": codes.astype(codes_dtype(self._codebook_size)),
-            "semantic_ids": semantic.astype(np.int32), "id": file_id,
-            "text": text, "speaker": speaker}
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Residual-VQ codec codes (frames, levels) with optional "
+                        "semantic token ids.",
+            features=tfds.features.FeaturesDict({
+                "codes": tfds.features.Tensor(shape=(None, self._num_levels),
+                                              dtype=codes_dtype(self._codebook_size)),
+                "semantic_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+                "id": tfds.features.Text(),
+                "text": tfds.features.Text(),
+                "speaker": tfds.features.Text(),
+            }),
+            metadata=tfds.core.MetadataDict(self._metadata),
+        )
 
-  def _generate_examples(self, source) -> Iterator[tuple[str, dict]]:
-    """`source`: a list of `CodesFile`s, or the name of an audio split to encode."""
-    if isinstance(source, str):
-      return self._generate_from_audio(source)
-    return self._generate_from_npy(source)
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        if self._npy_files is not None:
+            splits = audio_folder.split_files(self._npy_files, self._npy_dir,
+                                              validation_fraction=self._validation_fraction,
+                                              seed=self._split_seed)
+            return {name: self._generate_examples(files) for name, files in splits.items() if files}
+        if self._audio_source is not None:
+            return {name: self._generate_examples(name) for name in self._audio_source.info.splits}
+        raise ValueError("CodesDataset needs npy_dir=... or audio_source=... to prepare a dataset")
 
-  def _generate_from_npy(self, files: list[CodesFile]) -> Iterator[tuple[str, dict]]:
-    for f in files:
-      try:
-        raw = np.load(f.path)
-      except Exception as e:
-        raise CodesError(f"cannot read codes file {f.path!r}: {e}") from e
-      codes = validate_codes(raw, codebook_size=self._codebook_size,
-                             num_levels=self._num_levels, name=f.path)
-      semantic = (audio_folder.load_semantic_ids(f.semantic_path) if f.semantic_path
-                  else np.zeros((0,), np.int32))
-      yield f.id, self._example(codes, semantic, f.id)
+    def _example(self, codes: np.ndarray, semantic: np.ndarray, file_id: str,
+                 text: str = "", speaker: str = "") -> dict:
+        return {"codes": codes.astype(codes_dtype(self._codebook_size)),
+                "semantic_ids": semantic.astype(np.int32), "id": file_id,
+                "text": text, "speaker": speaker}
 
-  def _generate_from_audio(self, split: str) -> Iterator[tuple[str, dict]]:
-    source = self._audio_source.as_data_source(split)
-    hop = self._samples_per_frame
-    # Length-sorted batches waste little padding; TFDS orders records by key anyway.
-    lengths = [len(source[i]["audio"]) for i in range(len(source))]
-    order = np.argsort(lengths, kind="stable")
-    batches = [order[i:i + self._encode_batch_size]
-               for i in range(0, len(order), self._encode_batch_size)]
-    for batch_indices in tqdm.tqdm(batches, desc=f"encoding {split}", unit="batch"):
-      records = [source[int(i)] for i in batch_indices]
-      audio = _pad_batch([r["audio"] for r in records], self._encode_batch_size,
-                         self._pad_to_multiple)
-      codes = np.asarray(self._encode_fn(audio))
-      if codes.ndim != 3 or codes.shape[0] != audio.shape[0]:
-        raise CodesError(f"encode_fn must return (batch, frames, levels) = "
-                         f"({audio.shape[0]}, ~{audio.shape[1] // hop}, "
-                         f"{self._num_levels}), got shape {codes.shape}")
-      for row, record in zip(codes, records):
-        file_id = record["id"].decode()
-        frames = math.ceil(len(record["audio"]) / hop)
-        if row.shape[0] < frames:
-          raise CodesError(f"encode_fn returned {row.shape[0]} frames for "
-                           f"{audio.shape[1]} samples; {file_id!r} needs {frames} "
-                           f"(samples_per_frame={hop})")
-        checked = validate_codes(row[:frames], codebook_size=self._codebook_size,
-                                 num_levels=self._num_levels, name=file_id)
-        yield file_id, self._example(checked, record["semantic_ids"], file_id,
-                                     record["text"].decode(), record["speaker"].decode())
+    def _generate_examples(self, source) -> Iterator[tuple[str, dict]]:
+        """`source`: a list of `CodesFile`s, or the name of an audio split to encode."""
+        if isinstance(source, str):
+            return self._generate_from_audio(source)
+        return self._generate_from_npy(source)
+
+    def _generate_from_npy(self, files: list[CodesFile]) -> Iterator[tuple[str, dict]]:
+        for f in files:
+            try:
+                raw = np.load(f.path)
+            except Exception as e:
+                raise CodesError(f"cannot read codes file {f.path!r}: {e}") from e
+            codes = validate_codes(raw, codebook_size=self._codebook_size,
+                                   num_levels=self._num_levels, name=f.path)
+            semantic = (audio_folder.load_semantic_ids(f.semantic_path) if f.semantic_path
+                        else np.zeros((0,), np.int32))
+            yield f.id, self._example(codes, semantic, f.id)
+
+    def _generate_from_audio(self, split: str) -> Iterator[tuple[str, dict]]:
+        source = self._audio_source.as_data_source(split)
+        hop = self._samples_per_frame
+        # Length-sorted batches waste little padding; TFDS orders records by key anyway.
+        lengths = [len(source[i]["audio"]) for i in range(len(source))]
+        order = np.argsort(lengths, kind="stable")
+        batches = [order[i:i + self._encode_batch_size]
+                   for i in range(0, len(order), self._encode_batch_size)]
+        for batch_indices in tqdm.tqdm(batches, desc=f"encoding {split}", unit="batch"):
+            records = [source[int(i)] for i in batch_indices]
+            audio = _pad_batch([r["audio"] for r in records], self._encode_batch_size,
+                               self._pad_to_multiple)
+            codes = np.asarray(self._encode_fn(audio))
+            if codes.ndim != 3 or codes.shape[0] != audio.shape[0]:
+                raise CodesError(f"encode_fn must return (batch, frames, levels) = "
+                                 f"({audio.shape[0]}, ~{audio.shape[1] // hop}, "
+                                 f"{self._num_levels}), got shape {codes.shape}")
+            for row, record in zip(codes, records):
+                file_id = record["id"].decode()
+                frames = math.ceil(len(record["audio"]) / hop)
+                if row.shape[0] < frames:
+                    raise CodesError(f"encode_fn returned {row.shape[0]} frames for "
+                                     f"{audio.shape[1]} samples; {file_id!r} needs {frames} "
+                                     f"(samples_per_frame={hop})")
+                checked = validate_codes(row[:frames], codebook_size=self._codebook_size,
+                                         num_levels=self._num_levels, name=file_id)
+                yield file_id, self._example(checked, record["semantic_ids"], file_id,
+                                             record["text"].decode(), record["speaker"].decode())
 
 
 def prepare_codes_dataset(data_dir: str, **kwargs) -> CodesDataset:
-  """Builds (or reuses) a codes dataset in `data_dir`; `kwargs` go to `CodesDataset`.
+    """Builds (or reuses) a codes dataset in `data_dir`; `kwargs` go to `CodesDataset`.
 
-  Returns the builder; read a split with `builder.as_data_source("train")`.
-  """
-  builder = CodesDataset(data_dir=data_dir, **kwargs)
-  builder.download_and_prepare()
-  return builder
+    Returns the builder; read a split with `builder.as_data_source("train")`.
+    """
+    builder = CodesDataset(data_dir=data_dir, **kwargs)
+    builder.download_and_prepare()
+    return builder

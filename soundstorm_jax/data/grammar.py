@@ -53,69 +53,69 @@ CONJUNCTIONS = ("and", "but", "so", "because", "while")
 
 
 def _pick(rng: np.random.Generator, words: tuple[str, ...]) -> str:
-  return words[int(rng.integers(len(words)))]
+    return words[int(rng.integers(len(words)))]
 
 
 def _noun_phrase(rng: np.random.Generator, depth: int = 0) -> str:
-  kind = rng.random()
-  if kind < 0.2:
-    return _pick(rng, NAMES)
-  plural = rng.random() < 0.3
-  det = _pick(rng, PLURAL_DETERMINERS if plural else DETERMINERS)
-  noun = _pick(rng, PLURAL_NOUNS if plural else NOUNS)
-  adjectives = [_pick(rng, ADJECTIVES) for _ in range(int(rng.choice([0, 1, 1, 2])))]
-  phrase = " ".join([det, *adjectives, noun])
-  if det == "a" and phrase.split()[1][0] in "aeiou":
-    phrase = "an" + phrase[1:]
-  if depth == 0 and rng.random() < 0.2:
-    phrase += f" {_pick(rng, PREPOSITIONS)} {_noun_phrase(rng, depth + 1)}"
-  return phrase
+    kind = rng.random()
+    if kind < 0.2:
+        return _pick(rng, NAMES)
+    plural = rng.random() < 0.3
+    det = _pick(rng, PLURAL_DETERMINERS if plural else DETERMINERS)
+    noun = _pick(rng, PLURAL_NOUNS if plural else NOUNS)
+    adjectives = [_pick(rng, ADJECTIVES) for _ in range(int(rng.choice([0, 1, 1, 2])))]
+    phrase = " ".join([det, *adjectives, noun])
+    if det == "a" and phrase.split()[1][0] in "aeiou":
+        phrase = "an" + phrase[1:]
+    if depth == 0 and rng.random() < 0.2:
+        phrase += f" {_pick(rng, PREPOSITIONS)} {_noun_phrase(rng, depth + 1)}"
+    return phrase
 
 
 def _verb_phrase(rng: np.random.Generator) -> str:
-  kind = rng.random()
-  if kind < 0.5:
-    phrase = f"{_pick(rng, TRANSITIVE_PAST)} {_noun_phrase(rng)}"
-  elif kind < 0.8:
-    phrase = _pick(rng, INTRANSITIVE_PAST)
-  else:
-    phrase = f"was {_pick(rng, ADJECTIVES)}"
-  if rng.random() < 0.4:
-    phrase += f" {_pick(rng, ADVERBS)}"
-  if rng.random() < 0.3:
-    phrase += f" {_pick(rng, PREPOSITIONS)} {_pick(rng, PLACES)}"
-  if rng.random() < 0.25:
-    phrase += f" {_pick(rng, TIMES)}"
-  return phrase
+    kind = rng.random()
+    if kind < 0.5:
+        phrase = f"{_pick(rng, TRANSITIVE_PAST)} {_noun_phrase(rng)}"
+    elif kind < 0.8:
+        phrase = _pick(rng, INTRANSITIVE_PAST)
+    else:
+        phrase = f"was {_pick(rng, ADJECTIVES)}"
+    if rng.random() < 0.4:
+        phrase += f" {_pick(rng, ADVERBS)}"
+    if rng.random() < 0.3:
+        phrase += f" {_pick(rng, PREPOSITIONS)} {_pick(rng, PLACES)}"
+    if rng.random() < 0.25:
+        phrase += f" {_pick(rng, TIMES)}"
+    return phrase
 
 
 def _clause(rng: np.random.Generator) -> str:
-  return f"{_noun_phrase(rng)} {_verb_phrase(rng)}"
+    return f"{_noun_phrase(rng)} {_verb_phrase(rng)}"
 
 
 def _capitalise(text: str) -> str:
-  return text[0].upper() + text[1:]
+    return text[0].upper() + text[1:]
 
 
 def sentence(rng: np.random.Generator) -> str:
-  """One sentence, capitalised and punctuated."""
-  kind = rng.random()
-  if kind < 0.45:
-    return _capitalise(_clause(rng)) + "."
-  if kind < 0.6:
-    return (f"{_capitalise(_clause(rng))}, {_pick(rng, CONJUNCTIONS)} "
-            f"{_clause(rng)}.")
-  if kind < 0.72:
-    return f"Did {_noun_phrase(rng)} {_pick(rng, TRANSITIVE_BASE)} {_noun_phrase(rng)}?"
-  if kind < 0.82:
-    return (f"{_pick(rng, QUESTION_WORDS)} did {_noun_phrase(rng)} "
-            f"{_pick(rng, TRANSITIVE_BASE)} {_noun_phrase(rng)}?")
-  if kind < 0.92:
-    return f"{_pick(rng, INTERJECTIONS)}, {_clause(rng)}!"
-  return f"{_capitalise(_pick(rng, TIMES))}, {_clause(rng)}."
+    """One sentence, capitalised and punctuated."""
+    kind = rng.random()
+    if kind < 0.45:
+        return _capitalise(_clause(rng)) + "."
+    if kind < 0.6:
+        return (f"{_capitalise(_clause(rng))}, {_pick(rng, CONJUNCTIONS)} "
+                f"{_clause(rng)}.")
+    if kind < 0.72:
+        return f"Did {_noun_phrase(rng)} {_pick(rng, TRANSITIVE_BASE)} {_noun_phrase(rng)}?"
+    if kind < 0.82:
+        return (f"{_pick(rng, QUESTION_WORDS)} did {_noun_phrase(rng)} "
+                f"{_pick(rng, TRANSITIVE_BASE)} {_noun_phrase(rng)}?")
+    if kind < 0.92:
+        return f"{_pick(rng, INTERJECTIONS)}, {_clause(rng)}!"
+    return f"{_capitalise(_pick(rng, TIMES))}, {_clause(rng)}."
 
 
 def sentences(seed: int, count: int) -> list[str]:
-  """`count` sentences, a pure function of `seed`."""
-  rng = np.random.default_rng(seed)
-  return [sentence(rng) for _ in range(count)]
+    """`count` sentences, a pure function of `seed`."""
+    rng = np.random.default_rng(seed)
+    return [sentence(rng) for _ in range(count)]

@@ -45,251 +45,251 @@ from soundstorm_jax.data import audio_io
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-  """What the training loop's batches look like.
+    """What the training loop's batches look like.
 
-  Attributes:
-    batch_size: global batch; each of `process_count` hosts makes 1/process_count.
-    max_frames: frames per example (codec frames; samples for feature="audio").
-    feature: "codes" (a `CodesDataset`) or "audio" (an `AudioFolder`).
-    frame_rate: frames per second of `feature` (the codec's rate, or the
-      audio sample rate); only the ratio to `semantic_rate` matters.
-    semantic_rate: semantic tokens per second, or None for no semantic ids.
-      E.g. 25.0 with frame_rate 50.0 gives one token per two frames.
-    code_pad_value, semantic_pad_value: what fills padded positions.
-    num_epochs: passes over the data; None repeats forever.
-    shuffle: shuffle (train) or keep the source order.
-    random_crop: random windows (train) or the first `max_frames` (eval).
-    num_threads, prefetch_buffer_size: grain's reading threads and buffer.
-  """
-  batch_size: int
-  max_frames: int
-  feature: str = "codes"
-  frame_rate: float = 50.0
-  semantic_rate: Optional[float] = None
-  code_pad_value: int = 0
-  semantic_pad_value: int = 0
-  num_epochs: Optional[int] = None
-  shuffle: bool = True
-  random_crop: bool = True
-  num_threads: int = 2
-  prefetch_buffer_size: int = 4
+    Attributes:
+      batch_size: global batch; each of `process_count` hosts makes 1/process_count.
+      max_frames: frames per example (codec frames; samples for feature="audio").
+      feature: "codes" (a `CodesDataset`) or "audio" (an `AudioFolder`).
+      frame_rate: frames per second of `feature` (the codec's rate, or the
+        audio sample rate); only the ratio to `semantic_rate` matters.
+      semantic_rate: semantic tokens per second, or None for no semantic ids.
+        E.g. 25.0 with frame_rate 50.0 gives one token per two frames.
+      code_pad_value, semantic_pad_value: what fills padded positions.
+      num_epochs: passes over the data; None repeats forever.
+      shuffle: shuffle (train) or keep the source order.
+      random_crop: random windows (train) or the first `max_frames` (eval).
+      num_threads, prefetch_buffer_size: grain's reading threads and buffer.
+    """
+    batch_size: int
+    max_frames: int
+    feature: str = "codes"
+    frame_rate: float = 50.0
+    semantic_rate: Optional[float] = None
+    code_pad_value: int = 0
+    semantic_pad_value: int = 0
+    num_epochs: Optional[int] = None
+    shuffle: bool = True
+    random_crop: bool = True
+    num_threads: int = 2
+    prefetch_buffer_size: int = 4
 
-  def __post_init__(self):
-    if self.feature not in ("codes", "audio"):
-      raise ValueError(f"feature must be 'codes' or 'audio', got {self.feature!r}")
-    if self.batch_size < 1 or self.max_frames < 1:
-      raise ValueError(f"batch_size and max_frames must be positive, got "
-                       f"{self.batch_size} and {self.max_frames}")
-    if self.semantic_rate is not None and not 0 < self.semantic_rate:
-      raise ValueError(f"semantic_rate must be positive, got {self.semantic_rate}")
+    def __post_init__(self):
+        if self.feature not in ("codes", "audio"):
+            raise ValueError(f"feature must be 'codes' or 'audio', got {self.feature!r}")
+        if self.batch_size < 1 or self.max_frames < 1:
+            raise ValueError(f"batch_size and max_frames must be positive, got "
+                             f"{self.batch_size} and {self.max_frames}")
+        if self.semantic_rate is not None and not 0 < self.semantic_rate:
+            raise ValueError(f"semantic_rate must be positive, got {self.semantic_rate}")
 
 
 def semantic_ratio(config: PipelineConfig) -> Fraction:
-  """Semantic tokens per frame, p/q in lowest terms (e.g. 25 Hz / 50 Hz = 1/2)."""
-  if config.semantic_rate is None:
-    return Fraction(0)
-  ratio = Fraction(config.semantic_rate) / Fraction(config.frame_rate)
-  return ratio.limit_denominator(1_000_000)
+    """Semantic tokens per frame, p/q in lowest terms (e.g. 25 Hz / 50 Hz = 1/2)."""
+    if config.semantic_rate is None:
+        return Fraction(0)
+    ratio = Fraction(config.semantic_rate) / Fraction(config.frame_rate)
+    return ratio.limit_denominator(1_000_000)
 
 
 def semantic_frames(config: PipelineConfig) -> int:
-  """S: semantic tokens per example, ceil(max_frames * p/q)."""
-  return math.ceil(config.max_frames * semantic_ratio(config))
+    """S: semantic tokens per example, ceil(max_frames * p/q)."""
+    return math.ceil(config.max_frames * semantic_ratio(config))
 
 
 def crop_start(length: int, config: PipelineConfig, rng: Optional[np.random.Generator]) -> int:
-  """First frame of the window: uniform over semantic-aligned starts, or 0.
+    """First frame of the window: uniform over semantic-aligned starts, or 0.
 
-  Args:
-    length: frames in the record.
-    rng: None takes the first window (evaluation).
-  """
-  slack = length - config.max_frames
-  if slack <= 0 or rng is None:
-    return 0
-  step = semantic_ratio(config).denominator if config.semantic_rate else 1
-  return step * int(rng.integers(0, slack // step + 1))
+    Args:
+      length: frames in the record.
+      rng: None takes the first window (evaluation).
+    """
+    slack = length - config.max_frames
+    if slack <= 0 or rng is None:
+        return 0
+    step = semantic_ratio(config).denominator if config.semantic_rate else 1
+    return step * int(rng.integers(0, slack // step + 1))
 
 
 def pad_to(x: np.ndarray, length: int, pad_value) -> tuple[np.ndarray, np.ndarray]:
-  """Pads/truncates axis 0 to `length`.
+    """Pads/truncates axis 0 to `length`.
 
-  Args:
-    x: shape (n, ...).
+    Args:
+      x: shape (n, ...).
 
-  Returns:
-    (padded, mask): shape (length, ...) and bool (length,), mask[i] = i < n.
-  """
-  n = min(len(x), length)
-  out = np.full((length,) + x.shape[1:], pad_value, dtype=x.dtype)
-  out[:n] = x[:n]
-  mask = np.zeros((length,), bool)
-  mask[:n] = True
-  return out, mask
+    Returns:
+      (padded, mask): shape (length, ...) and bool (length,), mask[i] = i < n.
+    """
+    n = min(len(x), length)
+    out = np.full((length,) + x.shape[1:], pad_value, dtype=x.dtype)
+    out[:n] = x[:n]
+    mask = np.zeros((length,), bool)
+    mask[:n] = True
+    return out, mask
 
 
 def crop_example(record: dict, config: PipelineConfig, *,
                  rng: Optional[np.random.Generator], index: int) -> dict:
-  """One record -> one fixed-shape example (see the module docstring).
+    """One record -> one fixed-shape example (see the module docstring).
 
-  Args:
-    record: a source record with `config.feature` and, when a semantic rate
-      is set, non-empty `semantic_ids`.
-    rng: draws the crop; None takes the first window.
-    index: the record's index in the source, reported as `index`.
-  """
-  if config.feature == "codes":
-    frames, pad = np.asarray(record["codes"], np.int32), config.code_pad_value
-  else:
-    frames, pad = audio_io.int16_to_float(record["audio"]), 0.0
-  start = crop_start(len(frames), config, rng)
-  window, mask = pad_to(frames[start:start + config.max_frames], config.max_frames, pad)
-  example = {config.feature: window, "mask": mask, "index": np.int32(index)}
-  if config.semantic_rate is not None:
-    ids = np.asarray(record["semantic_ids"], np.int32)
-    if ids.size == 0:
-      name = record.get("id", b"?")
-      raise ValueError(f"record {index} ({name!r}) has no semantic_ids but the "
-                       "pipeline was configured with a semantic_rate")
-    ratio = semantic_ratio(config)
-    sem_start = int(start * ratio)  # Exact: start is a multiple of ratio.denominator.
-    # Keep only the tokens that overlap the window's real frames.
-    sem_end = min(len(ids), math.ceil((start + int(mask.sum())) * ratio))
-    sem, sem_mask = pad_to(ids[sem_start:max(sem_start, sem_end)], semantic_frames(config),
-                           config.semantic_pad_value)
-    example.update(semantic_ids=sem, semantic_mask=sem_mask)
-  return example
+    Args:
+      record: a source record with `config.feature` and, when a semantic rate
+        is set, non-empty `semantic_ids`.
+      rng: draws the crop; None takes the first window.
+      index: the record's index in the source, reported as `index`.
+    """
+    if config.feature == "codes":
+        frames, pad = np.asarray(record["codes"], np.int32), config.code_pad_value
+    else:
+        frames, pad = audio_io.int16_to_float(record["audio"]), 0.0
+    start = crop_start(len(frames), config, rng)
+    window, mask = pad_to(frames[start:start + config.max_frames], config.max_frames, pad)
+    example = {config.feature: window, "mask": mask, "index": np.int32(index)}
+    if config.semantic_rate is not None:
+        ids = np.asarray(record["semantic_ids"], np.int32)
+        if ids.size == 0:
+            name = record.get("id", b"?")
+            raise ValueError(f"record {index} ({name!r}) has no semantic_ids but the "
+                             "pipeline was configured with a semantic_rate")
+        ratio = semantic_ratio(config)
+        sem_start = int(start * ratio)  # Exact: start is a multiple of ratio.denominator.
+        # Keep only the tokens that overlap the window's real frames.
+        sem_end = min(len(ids), math.ceil((start + int(mask.sum())) * ratio))
+        sem, sem_mask = pad_to(ids[sem_start:max(sem_start, sem_end)], semantic_frames(config),
+                               config.semantic_pad_value)
+        example.update(semantic_ids=sem, semantic_mask=sem_mask)
+    return example
 
 
 def empty_example(record: dict, config: PipelineConfig) -> dict:
-  """A fully masked example shaped like `crop_example`'s, for eval padding."""
-  example = crop_example(record, config, rng=None, index=-1)
-  pads = {"codes": config.code_pad_value, "audio": 0.0, "mask": False,
-          "semantic_ids": config.semantic_pad_value, "semantic_mask": False}
-  return {k: (np.full_like(v, pads[k]) if k in pads else v) for k, v in example.items()}
+    """A fully masked example shaped like `crop_example`'s, for eval padding."""
+    example = crop_example(record, config, rng=None, index=-1)
+    pads = {"codes": config.code_pad_value, "audio": 0.0, "mask": False,
+            "semantic_ids": config.semantic_pad_value, "semantic_mask": False}
+    return {k: (np.full_like(v, pads[k]) if k in pads else v) for k, v in example.items()}
 
 
 def shard_range(num_records: int, process_index: int, process_count: int,
                 *, drop_remainder: bool = True) -> range:
-  """The record indices host `process_index` of `process_count` reads.
+    """The record indices host `process_index` of `process_count` reads.
 
-  Contiguous, disjoint shards. With `drop_remainder` every shard has
-  num_records // process_count records (all hosts run the same number of
-  steps; the last num_records % process_count records are never read);
-  without, shard sizes differ by at most one and together cover everything.
-  """
-  options = grain.sharding.ShardOptions(process_index, process_count, drop_remainder)
-  count, index = options.shard_count, options.shard_index
-  if not 0 <= index < count:
-    raise ValueError(f"process_index {index} is not in [0, {count})")
-  if num_records < count:
-    raise ValueError(f"{num_records} records cannot be shared by {count} processes")
-  if options.drop_remainder:
-    size = num_records // count
-    return range(index * size, (index + 1) * size)
-  bounds = [num_records * k // count for k in range(count + 1)]
-  return range(bounds[index], bounds[index + 1])
+    Contiguous, disjoint shards. With `drop_remainder` every shard has
+    num_records // process_count records (all hosts run the same number of
+    steps; the last num_records % process_count records are never read);
+    without, shard sizes differ by at most one and together cover everything.
+    """
+    options = grain.sharding.ShardOptions(process_index, process_count, drop_remainder)
+    count, index = options.shard_count, options.shard_index
+    if not 0 <= index < count:
+        raise ValueError(f"process_index {index} is not in [0, {count})")
+    if num_records < count:
+        raise ValueError(f"{num_records} records cannot be shared by {count} processes")
+    if options.drop_remainder:
+        size = num_records // count
+        return range(index * size, (index + 1) * size)
+    bounds = [num_records * k // count for k in range(count + 1)]
+    return range(bounds[index], bounds[index + 1])
 
 
 def _host_batch_size(config: PipelineConfig, process_count: int) -> int:
-  if config.batch_size % process_count:
-    raise ValueError(f"batch_size {config.batch_size} is not divisible by "
-                     f"process_count {process_count}")
-  return config.batch_size // process_count
+    if config.batch_size % process_count:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by "
+                         f"process_count {process_count}")
+    return config.batch_size // process_count
 
 
 def _process(process_index: Optional[int], process_count: Optional[int]) -> tuple[int, int]:
-  if process_index is None or process_count is None:
-    import jax  # Only when the caller leaves the host layout to JAX.
-    return jax.process_index(), jax.process_count()
-  return process_index, process_count
+    if process_index is None or process_count is None:
+        import jax  # Only when the caller leaves the host layout to JAX.
+        return jax.process_index(), jax.process_count()
+    return process_index, process_count
 
 
 def make_train_dataset(config: PipelineConfig, data_source: Sequence[dict], *, seed: int,
                        process_index: Optional[int] = None,
                        process_count: Optional[int] = None) -> grain.MapDataset:
-  """This host's training batches as a `grain.MapDataset` (see the module docstring).
+    """This host's training batches as a `grain.MapDataset` (see the module docstring).
 
-  Args:
-    data_source: random-access records (`len` and `__getitem__`).
-    seed: shuffles and crops; the same on every host.
-    process_index, process_count: this host and the number of hosts;
-      None asks JAX (`jax.process_index()`, `jax.process_count()`).
-  """
-  process_index, process_count = _process(process_index, process_count)
-  host_batch = _host_batch_size(config, process_count)
-  shard = shard_range(len(data_source), process_index, process_count)
-  if len(shard) < host_batch:
-    raise ValueError(f"this host's shard has {len(shard)} records, fewer than "
-                     f"its batch of {host_batch}")
-  ds = grain.MapDataset.range(len(shard))
-  if config.shuffle:
-    ds = ds.shuffle(seed=seed)  # grain mixes the epoch into the seed.
-  ds = ds.repeat(config.num_epochs)
+    Args:
+      data_source: random-access records (`len` and `__getitem__`).
+      seed: shuffles and crops; the same on every host.
+      process_index, process_count: this host and the number of hosts;
+        None asks JAX (`jax.process_index()`, `jax.process_count()`).
+    """
+    process_index, process_count = _process(process_index, process_count)
+    host_batch = _host_batch_size(config, process_count)
+    shard = shard_range(len(data_source), process_index, process_count)
+    if len(shard) < host_batch:
+        raise ValueError(f"this host's shard has {len(shard)} records, fewer than "
+                         f"its batch of {host_batch}")
+    ds = grain.MapDataset.range(len(shard))
+    if config.shuffle:
+        ds = ds.shuffle(seed=seed)  # grain mixes the epoch into the seed.
+    ds = ds.repeat(config.num_epochs)
 
-  def load(position: int, local: int) -> dict:
-    index, epoch = shard[local], position // len(shard)
-    rng = np.random.default_rng([seed, index, epoch]) if config.random_crop else None
-    return crop_example(data_source[index], config, rng=rng, index=index)
+    def load(position: int, local: int) -> dict:
+        index, epoch = shard[local], position // len(shard)
+        rng = np.random.default_rng([seed, index, epoch]) if config.random_crop else None
+        return crop_example(data_source[index], config, rng=rng, index=index)
 
-  return ds.map_with_index(load).batch(host_batch, drop_remainder=True)
+    return ds.map_with_index(load).batch(host_batch, drop_remainder=True)
 
 
 def make_eval_dataset(config: PipelineConfig, data_source: Sequence[dict], *,
                       process_index: Optional[int] = None,
                       process_count: Optional[int] = None) -> grain.MapDataset:
-  """One ordered pass over this host's shard: first windows, nothing dropped.
+    """One ordered pass over this host's shard: first windows, nothing dropped.
 
-  Every record is read by exactly one host. The last batches are filled
-  with fully masked examples (index -1) so every host yields the same number
-  of full-size batches.
-  """
-  process_index, process_count = _process(process_index, process_count)
-  host_batch = _host_batch_size(config, process_count)
-  shard = shard_range(len(data_source), process_index, process_count, drop_remainder=False)
-  longest = math.ceil(len(data_source) / process_count)
-  padded = host_batch * math.ceil(longest / host_batch)
+    Every record is read by exactly one host. The last batches are filled
+    with fully masked examples (index -1) so every host yields the same number
+    of full-size batches.
+    """
+    process_index, process_count = _process(process_index, process_count)
+    host_batch = _host_batch_size(config, process_count)
+    shard = shard_range(len(data_source), process_index, process_count, drop_remainder=False)
+    longest = math.ceil(len(data_source) / process_count)
+    padded = host_batch * math.ceil(longest / host_batch)
 
-  def load(local: int) -> dict:
-    if local < len(shard):
-      return crop_example(data_source[shard[local]], config, rng=None, index=shard[local])
-    return empty_example(data_source[0], config)
+    def load(local: int) -> dict:
+        if local < len(shard):
+            return crop_example(data_source[shard[local]], config, rng=None, index=shard[local])
+        return empty_example(data_source[0], config)
 
-  return grain.MapDataset.range(padded).map(load).batch(host_batch, drop_remainder=True)
+    return grain.MapDataset.range(padded).map(load).batch(host_batch, drop_remainder=True)
 
 
 def to_iterator(ds: grain.MapDataset, config: PipelineConfig) -> grain.DatasetIterator:
-  """A checkpointable iterator (`get_state`/`set_state`) reading in threads."""
-  options = grain.ReadOptions(num_threads=config.num_threads,
-                              prefetch_buffer_size=config.prefetch_buffer_size)
-  return iter(ds.to_iter_dataset(options))
+    """A checkpointable iterator (`get_state`/`set_state`) reading in threads."""
+    options = grain.ReadOptions(num_threads=config.num_threads,
+                                prefetch_buffer_size=config.prefetch_buffer_size)
+    return iter(ds.to_iter_dataset(options))
 
 
 def make_train_iterator(config: PipelineConfig, data_source: Sequence[dict], *, seed: int,
                         process_index: Optional[int] = None,
                         process_count: Optional[int] = None) -> grain.DatasetIterator:
-  """`make_train_dataset` as a checkpointable iterator of numpy batches."""
-  return to_iterator(make_train_dataset(config, data_source, seed=seed,
-                                        process_index=process_index,
-                                        process_count=process_count), config)
+    """`make_train_dataset` as a checkpointable iterator of numpy batches."""
+    return to_iterator(make_train_dataset(config, data_source, seed=seed,
+                                          process_index=process_index,
+                                          process_count=process_count), config)
 
 
 def make_eval_iterator(config: PipelineConfig, data_source: Sequence[dict], *,
                        process_index: Optional[int] = None,
                        process_count: Optional[int] = None) -> grain.DatasetIterator:
-  """`make_eval_dataset` as an iterator of numpy batches."""
-  return to_iterator(make_eval_dataset(config, data_source, process_index=process_index,
-                                       process_count=process_count), config)
+    """`make_eval_dataset` as an iterator of numpy batches."""
+    return to_iterator(make_eval_dataset(config, data_source, process_index=process_index,
+                                         process_count=process_count), config)
 
 
 def config_from_dict(values: Any) -> PipelineConfig:
-  """A `PipelineConfig` from a mapping such as an `ml_collections.ConfigDict`.
+    """A `PipelineConfig` from a mapping such as an `ml_collections.ConfigDict`.
 
-  Unknown keys are an error naming them, so a typo in a config is caught.
-  """
-  values = dict(values)
-  known = {f.name for f in dataclasses.fields(PipelineConfig)}
-  unknown = sorted(set(values) - known)
-  if unknown:
-    raise ValueError(f"unknown data pipeline option(s) {unknown}; known: {sorted(known)}")
-  return PipelineConfig(**values)
+    Unknown keys are an error naming them, so a typo in a config is caught.
+    """
+    values = dict(values)
+    known = {f.name for f in dataclasses.fields(PipelineConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown data pipeline option(s) {unknown}; known: {sorted(known)}")
+    return PipelineConfig(**values)
