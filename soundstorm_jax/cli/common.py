@@ -12,7 +12,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class CliError(ValueError):
@@ -76,33 +76,20 @@ def make_out_dir(path: str) -> str:
 
 
 def read_audio(path: str, sample_rate: int, *, resample: bool, on_resample=None) -> np.ndarray:
-    """A mono float32 waveform at `sample_rate` from a WAV/FLAC/... file (soundfile).
+    """A mono float32 waveform ``(samples,)`` at `sample_rate`, read by `data.audio_io.read_audio`.
 
     A file at another rate is resampled when `resample` (after calling `on_resample(file_rate)`), else
-    CliError saying how to fix it.
+    CliError naming the --resample flag. Other bad files raise `AudioError` (a ValueError: exit 2).
     """
-    import soundfile
+    from soundstorm_jax.data.audio_io import SampleRateError, read_audio as read
 
     require_file(path, "audio file")
     try:
-        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises several types; all mean "not readable audio".
-        raise CliError(f"cannot read audio file {path!r}: {e}") from e
-    if data.shape[0] == 0:
-        raise CliError(f"audio file {path!r} has no samples")
-    audio = data.mean(axis=1)
-    if not np.all(np.isfinite(audio)):
-        raise CliError(f"audio file {path!r} holds NaN/Inf samples")
-    if rate != sample_rate:
-        if not resample:
-            raise CliError(f"audio file {path!r} has sample rate {rate} Hz but the codec expects {sample_rate} Hz; "
-                           f"pass --resample to resample it, or convert it first "
-                           f"(e.g. `sox {os.path.basename(path)} -r {sample_rate} out.wav`)")
-        if on_resample is not None:
-            on_resample(rate)
-        from soundstorm_jax.data.audio_io import resample as resample_audio
-        audio = resample_audio(audio, rate, sample_rate)
-    return np.clip(audio, -1.0, 1.0).astype(np.float32)
+        return read(path, sample_rate, allow_resample=resample, on_resample=on_resample)[0]
+    except SampleRateError as e:
+        raise CliError(f"audio file {path!r} has sample rate {e.rate} Hz but the codec expects {sample_rate} Hz; "
+                       f"pass --resample to resample it, or convert it first "
+                       f"(e.g. `sox {os.path.basename(path)} -r {sample_rate} out.wav`)") from e
 
 
 def write_wav(path: str, audio: np.ndarray, sample_rate: int) -> str:
@@ -112,40 +99,6 @@ def write_wav(path: str, audio: np.ndarray, sample_rate: int) -> str:
         return write(path, audio, sample_rate)
     except AudioError as e:
         raise CliError(str(e)) from e
-
-
-def _repository_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def repository_file(relative: str) -> str:
-    """A file of the repository checkout the package lives in (configs/, train.py)."""
-    path = os.path.join(_repository_root(), relative)
-    if not os.path.exists(path):
-        raise CliError(f"{relative} was not found next to the soundstorm_jax package ({path!r}); this command "
-                       f"needs the repository checkout (pip install -e .)")
-    return path
-
-
-def load_repository_module(relative: str, module_name: str):
-    """Executes a repository file (train.py, configs/*.py) as a module, with the repository root importable
-    (config files import `configs.*`, as under `python train.py`)."""
-    import importlib.util
-
-    path = repository_file(relative)
-    root = _repository_root()
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_config_file(relative: str):
-    """`get_config()` of a repository config file (e.g. 'configs/demo.py'), as train.py would load it."""
-    name = os.path.splitext(os.path.basename(relative))[0]
-    return load_repository_module(relative, f"soundstorm_config_{name}").get_config()
 
 
 def load_codes(path: str, what: str = "codes file") -> np.ndarray:
@@ -164,7 +117,7 @@ def add_codec_options(parser, *, required: bool) -> None:
     """--codec WORKDIR / --encodec FILE, one of them (or neither when not `required`)."""
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--codec", metavar="WORKDIR",
-                       help="a codec training workdir (train.py --config configs/codec_*.py); its latest "
+                       help="a codec training workdir (soundstorm train --config codec_tiny ...); its latest "
                             "checkpoint is used")
     group.add_argument("--encodec", metavar="FILE",
                        help="an EnCodec 24 kHz PyTorch checkpoint (.th/.pt/.safetensors) to import")
@@ -176,14 +129,8 @@ def add_codec_options(parser, *, required: bool) -> None:
 def load_codec_from_args(args) -> Optional[Any]:
     """The codec named by --codec / --encodec, or None when neither was given."""
     if getattr(args, "codec", None):
-        workdir = require_dir(args.codec, "codec workdir")
-        if not os.path.exists(os.path.join(workdir, "config.json")):
-            raise CliError(f"codec workdir {workdir!r} has no config.json; is it a train.py workdir?")
-        from soundstorm_jax.training.codec_task import load_codec
-        try:
-            return load_codec(workdir)
-        except FileNotFoundError as e:
-            raise CliError(f"codec workdir {workdir!r} has no complete checkpoint: {e}") from e
+        from soundstorm_jax.training.restore import load_codec
+        return load_codec(args.codec)
     if getattr(args, "encodec", None):
         path = require_file(args.encodec, "EnCodec checkpoint")
         from soundstorm_jax.codec import load_encodec

@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from soundstorm_jax.cli import spectrogram
-from soundstorm_jax.cli.common import CliError, load_config_file, make_out_dir, write_wav
+from soundstorm_jax.cli.common import CliError, make_out_dir, write_wav
 
 DEFAULT_MINUTES = 12.0
 MIN_MINUTES = 3.0
@@ -133,10 +133,12 @@ def _records(builder, split: str) -> list[dict]:
 
 def _codec_quality(codec, audio_records: list[dict], codes_by_id: dict) -> dict:
     """Reconstruction quality on held-out utterances: SNR and log-spectral distance (dB)."""
+    from soundstorm_jax.data.audio_io import int16_to_float
+
     snrs, lsds = [], []
     bucket = 2 * int(codec.frame_rate)  # Codes padded to 2 s multiples: a few compiled shapes, not one per file.
     for record in audio_records:
-        audio = record["audio"].astype(np.float32) / 32767.0
+        audio = int16_to_float(record["audio"])
         codes = codes_by_id[record["id"].decode()]
         padded = np.zeros((1, -(-len(codes) // bucket) * bucket, codes.shape[1]), np.int32)
         padded[0, :len(codes)] = codes
@@ -163,7 +165,8 @@ def run(args, out, extra):
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()  # The stages have their own bars.
     from soundstorm_jax.data import espeak_corpus, prepare_codes_dataset, prepare_corpus
-    from soundstorm_jax.training.codec_task import load_codec
+    from soundstorm_jax.training.config import load_config
+    from soundstorm_jax.training.restore import load_codec
 
     stages.start("corpus", f"building the {args.corpus} eSpeak corpus ...")
     corpus = prepare_corpus(args.corpus, args.seed, sample_rate=SAMPLE_RATE, frame_rate=FRAME_RATE,
@@ -174,7 +177,7 @@ def run(args, out, extra):
 
     codec_seconds = None if args.codec_steps else CODEC_SHARE * train_seconds
     stages.start("codec", f"training the codec ({_budget(codec_seconds, args.codec_steps)}) ...")
-    codec_config = load_config_file("configs/demo_codec.py")
+    codec_config = load_config("demo_codec")
     codec_config.seed = args.seed
     codec_config.data.dir = audio_dir
     # A constant learning rate: without --codec-steps the time limit ends the run.
@@ -190,8 +193,8 @@ def run(args, out, extra):
     codes_builder = prepare_codes_dataset(
         codes_dir, audio_source=corpus, encode_fn=codec.encode, samples_per_frame=codec.hop_length,
         num_levels=codec.num_quantizers, codebook_size=codec.codebook_size, encode_batch_size=8,
-        pad_to_multiple=2 * codec.target_sample_hz,  # 2 s buckets: a few compiled shapes
-        metadata=dict(corpus.info.metadata or {}, sample_rate=codec.target_sample_hz, frame_rate=codec.frame_rate))
+        pad_to_multiple=2 * codec.sample_rate,  # 2 s buckets: a few compiled shapes
+        metadata=dict(corpus.info.metadata or {}, sample_rate=codec.sample_rate, frame_rate=codec.frame_rate))
     train_codes = _records(codes_builder, "train")
     held_out = _records(codes_builder, "validation")
     codes_by_id = {r["id"].decode(): r["codes"] for r in held_out}
@@ -202,7 +205,7 @@ def run(args, out, extra):
     remaining = None if args.soundstorm_steps else max(
         30.0, begin + args.minutes * 60 - FINAL_STAGES_SECONDS - time.perf_counter())
     stages.start("soundstorm", f"training SoundStorm ({_budget(remaining, args.soundstorm_steps)}) ...")
-    config = load_config_file("configs/demo.py")
+    config = load_config("demo")
     config.seed = args.seed
     config.data.dir = codes_dir
     config.total_steps = args.soundstorm_steps or max(50, int(remaining / SOUNDSTORM_SECONDS_PER_STEP))
@@ -215,7 +218,7 @@ def run(args, out, extra):
     stages.stop()
 
     stages.start("evaluate", "held-out accuracy per level ...")
-    from soundstorm_jax.cli.generate import load_soundstorm
+    from soundstorm_jax.training.restore import load_soundstorm
     from soundstorm_jax.maskgit.evaluation import accuracy_table, level_accuracy, unigram_accuracy
     model, variables, config = load_soundstorm(os.path.join(args.out, "soundstorm"))
     prompt_frames = int(round(args.prompt_seconds * codec.frame_rate))
@@ -265,15 +268,15 @@ def _generate_samples(model, variables, codec, held_out, script, prompt_frames, 
         audio = np.asarray(codec.decode(codes[None].astype(np.int32)))[0]
         prompt_audio = audio[:prompt_frames * codec.hop_length]
         stem = os.path.join(samples_dir, f"sample_{i:03d}")
-        files = [write_wav(stem + ".wav", audio, codec.target_sample_hz),
-                 write_wav(stem + "_prompt.wav", prompt_audio, codec.target_sample_hz),
+        files = [write_wav(stem + ".wav", audio, codec.sample_rate),
+                 write_wav(stem + "_prompt.wav", prompt_audio, codec.sample_rate),
                  spectrogram.write_spectrogram(stem + ".png", audio[len(prompt_audio):], prompt_audio)]
         with open(stem + ".txt", "w", encoding="utf-8") as f:
             f.write(text + "\n")
         results.append(dict(wav=files[0], prompt_wav=files[1], spectrogram=files[2], text=text,
                             prompt_from=prompt_record["id"].decode(), voice=utt.speaker.voice,
-                            seconds=round(len(audio) / codec.target_sample_hz, 2),
-                            sample_rate=codec.target_sample_hz))
+                            seconds=round(len(audio) / codec.sample_rate, 2),
+                            sample_rate=codec.sample_rate))
     return results
 
 

@@ -1,8 +1,8 @@
 """`soundstorm generate`: samples from a trained SoundStorm workdir.
 
-The model is rebuilt from WORKDIR/config.json (`factory.build_model`, via
-`training.build` on one device) and its parameters (the EMA ones when the run
-kept them) restored from the latest complete checkpoint. Samples are drawn in
+The model is rebuilt from WORKDIR/config.json and its parameters (the EMA
+ones when the run kept them) restored from the latest complete checkpoint
+(`training.restore.load_soundstorm`, on one device). Samples are drawn in
 batches of --batch-size; sample i always uses key i of split(PRNGKey(seed)),
 so the batch size never changes the result. Codes are written as
 `sample_NNN.npy` (frames, levels); with a codec also `sample_NNN.wav`.
@@ -86,39 +86,6 @@ def parse_steps(text):
     return values[0] if len(values) == 1 and "," not in str(text) else tuple(values)
 
 
-def load_soundstorm(workdir: str, step=None):
-    """(model, variables, config) restored from a SoundStorm training workdir onto one device."""
-    import jax
-    import ml_collections
-    from flax import linen as nn
-
-    from soundstorm_jax import training
-    from soundstorm_jax.training import experiment
-
-    require_dir(workdir, "SoundStorm workdir")
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise CliError(f"{workdir!r} has no config.json; is it a train.py workdir?")
-    with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    kind = config.get("kind") or "soundstorm"
-    if kind != "soundstorm":
-        raise CliError(f"{workdir!r} holds a {kind!r} run, not a SoundStorm one; generate needs a SoundStorm "
-                       f"workdir (pass a codec workdir with --codec)")
-    config.data.batch_size = 1
-    config.optimizer.grad_accum_steps = 1
-    mesh = training.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-    ex = experiment.build(config, mesh)
-    ckpt = training.Checkpointer(workdir, config.model, every_steps=1, keep=1, async_save=False)
-    try:
-        if ckpt.latest_step() is None:
-            raise CliError(f"{workdir!r} has no complete checkpoint yet")
-        state, _, _ = ckpt.restore(ex.abstract_state, step)
-    finally:
-        ckpt.close()
-    return ex.model, {"params": nn.unbox(ex.eval_params(state))}, config
-
-
 def _semantic(path, num_samples):
     if path is None:
         return None
@@ -196,6 +163,7 @@ def run(args, out, extra):
         raise CliError("give the length: --frames N, --seconds S (with a codec), --semantic FILE.npy or --text")
     make_out_dir(args.out)
 
+    from soundstorm_jax.training.restore import load_soundstorm
     model, variables, config = load_soundstorm(args.workdir, args.step)
     net = model.net
     if args.text is not None:
@@ -209,9 +177,9 @@ def run(args, out, extra):
     if args.prompt_audio is not None:
         def note(rate):
             out.notice(f"prompt audio {args.prompt_audio!r} is at {rate} Hz; resampled to the codec's "
-                       f"{codec.target_sample_hz} Hz")
-        audio = read_audio(args.prompt_audio, codec.target_sample_hz, resample=True, on_resample=note)
-        prompt = np.asarray(codec.encode(audio[None], sample_rate=codec.target_sample_hz))[0]
+                       f"{codec.sample_rate} Hz")
+        audio = read_audio(args.prompt_audio, codec.sample_rate, resample=True, on_resample=note)
+        prompt = np.asarray(codec.encode(audio[None], sample_rate=codec.sample_rate))[0]
     if args.text is not None and prompt is not None:
         # The text is what follows the prompt: the prompt's frames get its own phonemes (or none).
         semantic = np.concatenate([_prompt_semantic(args, config, net, len(prompt), args.num_samples), semantic],
@@ -221,7 +189,7 @@ def run(args, out, extra):
         prompt_audio = np.asarray(codec.decode(prompt[None].astype(np.int32)))[0]
     frames = args.frames
     if args.seconds is not None:
-        frames = max(1, int(args.seconds * codec.target_sample_hz // codec.hop_length))
+        frames = max(1, int(args.seconds * codec.sample_rate // codec.hop_length))
 
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.num_samples)
     written, shapes = [], []
@@ -246,11 +214,11 @@ def run(args, out, extra):
                 written.append(name + ".npy")
             if codec is not None:
                 audio = np.asarray(codec.decode(sample[None].astype(np.int32)))[0]
-                written.append(write_wav(name + ".wav", audio, codec.target_sample_hz))
+                written.append(write_wav(name + ".wav", audio, codec.sample_rate))
                 if args.spectrogram:
                     written.append(spectrogram.write_spectrogram(name + ".png", audio, prompt_audio))
     record = dict(command="generate", files=written, shapes=shapes, workdir=args.workdir)
     if codec is not None:
-        record["sample_rate"] = codec.target_sample_hz
+        record["sample_rate"] = codec.sample_rate
     out.result(record, written)
     return 0

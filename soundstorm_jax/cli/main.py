@@ -4,7 +4,8 @@
 
 Commands: demo, prepare, train, encode, decode, generate (`soundstorm COMMAND --help`).
 Exit status: 0 success; 2 bad input (the message on stderr starts with
-"error: "); 1 an unexpected failure (with its traceback under --debug).
+"error: "); 1 an unexpected failure (with its traceback under --debug);
+130 interrupted by Ctrl-C (SIGINT), as shells report it.
 """
 from __future__ import annotations
 
@@ -15,20 +16,21 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
+from soundstorm_jax import __version__
 from soundstorm_jax.cli import codec_io, demo, generate, prepare, train
-from soundstorm_jax.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, CliError, Output
+from soundstorm_jax.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError, Output
 
 DESCRIPTION = """SoundStorm in JAX: prepare data, train, encode/decode audio and generate.
 
   soundstorm demo --out demo                                      # everything below, on the embedded corpus
 
   soundstorm prepare --audio AUDIO_DIR --out data/mine            # TFDS audio dataset
-  soundstorm train --config configs/codec_tiny.py --workdir runs/codec --config.data.dir=data/mine/audio
+  soundstorm train --config codec_tiny --workdir runs/codec --config.data.dir=data/mine/audio
   soundstorm prepare --audio AUDIO_DIR --out data/mine --codec runs/codec   # + its codes dataset
-  soundstorm train --config configs/tiny.py --workdir runs/tiny --config.data.dir=data/mine/codes
+  soundstorm train --config tiny --workdir runs/tiny --config.data.dir=data/mine/codes
   soundstorm generate runs/tiny --seconds 2 --codec runs/codec --out samples
 
-Exit status: 0 success, 2 bad input, 1 unexpected failure."""
+Exit status: 0 success, 2 bad input, 1 unexpected failure, 130 interrupted (Ctrl-C)."""
 
 
 def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="soundstorm", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     _global_options(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)  # Also accepted after the command.
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -68,8 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             return int(args.run(args, out, extra) or 0)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail(args, "interrupted", EXIT_INTERRUPTED)
     except (CliError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
         if args.debug:
             traceback.print_exc()

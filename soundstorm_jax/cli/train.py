@@ -1,64 +1,68 @@
-"""`soundstorm train`: exactly `train.py` (codec or SoundStorm, chosen by `config.kind`).
+"""`soundstorm train` (and `python train.py`): config + overrides + workdir -> a trained, checkpointed run.
 
-The flags are train.py's: `--config FILE`, `--workdir DIR` and any number of
-`--config.section.field=value` overrides. The loop is train.py's own `main`
-(the repository's train.py, loaded by `load_repository_module`), run through absl
-like `python train.py ...`, so both commands behave identically.
+    soundstorm train --config tiny --workdir runs/tiny --config.data.dir=CODES [--config.x.y=value ...]
+
+`--config` is a packaged config name or a Python file with `get_config()`;
+overrides go through the one strict reader (`training.config`): an unknown
+field, a value of the wrong type or a malformed `WORKDIR/config.json` exits
+2 with one line naming the field, before JAX starts.
 """
 from __future__ import annotations
 
+import argparse
 import os
 
-from soundstorm_jax.cli.common import CliError, load_repository_module, require_file
+from soundstorm_jax.cli.common import CliError
 
-DESCRIPTION = """Train SoundStorm or the SoundStream codec: the same loop and flags as train.py.
+DESCRIPTION = """Train SoundStorm or the SoundStream codec (config.kind picks the model).
 
-  soundstorm train --config configs/tiny.py --workdir runs/tiny --config.data.dir=CODES_DATASET
-  soundstorm train --config configs/codec_tiny.py --workdir runs/codec [--config.data.dir=AUDIO_DATASET]
+  soundstorm train --config tiny --workdir runs/tiny --config.data.dir=CODES_DATASET
+  soundstorm train --config codec_tiny --workdir runs/codec [--config.data.dir=AUDIO_DATASET]
+  soundstorm train --config my_config.py --workdir runs/mine --config.optimizer.lr=1e-3
 
-config.kind ('soundstorm' or 'codec') picks the model. Any --config.x.y=value overrides a config field.
-Running again with the same --workdir resumes from its latest complete checkpoint. Metrics go to stdout
-and WORKDIR/metrics.jsonl as JSON lines."""
+--config: a packaged config ({names}) or a Python file whose get_config() returns an ml_collections
+ConfigDict. Any --config.x.y=value overrides a config field. Running again with the same --workdir resumes
+from its latest complete checkpoint. Metrics go to stdout and WORKDIR/metrics.jsonl as JSON lines."""
 
 
 def add_parser(subparsers, parents):
-    parser = subparsers.add_parser("train", parents=parents, help="train SoundStorm or the codec (train.py)",
-                                   description=DESCRIPTION, formatter_class=_raw())
-    parser.add_argument("--config", required=True, metavar="FILE",
-                        help="a config file (configs/*.py); --config.x.y=value overrides its fields")
+    from soundstorm_jax.training.config import packaged_configs
+
+    parser = subparsers.add_parser("train", parents=parents, help="train SoundStorm or the codec",
+                                   description=DESCRIPTION.format(names=", ".join(packaged_configs())),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, metavar="NAME_OR_FILE",
+                        help="a packaged config name (e.g. tiny) or a config file; --config.x.y=value overrides "
+                             "its fields")
     parser.add_argument("--workdir", required=True, metavar="DIR",
                         help="directory for checkpoints, config.json and metrics.jsonl (resumed if it has them)")
     parser.set_defaults(run=run, accepts_extra=True)
     return parser
 
 
-def _raw():
-    import argparse
-    return argparse.RawDescriptionHelpFormatter
+def read_config(config_arg: str, overrides: list[str]):
+    """The run's config: `--config` loaded, overrides applied, every key checked."""
+    from soundstorm_jax.training import config as config_lib
 
-
-def train_argv(args, extra: list[str]) -> list[str]:
-    bad = [a for a in extra if not a.startswith("--config.")]
+    bad = [a for a in overrides if not a.startswith("--config.")]
     if bad:
         raise CliError(f"unknown train option(s) {bad}; train accepts --config, --workdir and "
                        f"--config.x.y=value overrides")
-    return ["soundstorm train", "--config", args.config, "--workdir", args.workdir] + list(extra)
+    config = config_lib.apply_overrides(config_lib.load_config(config_arg), overrides)
+    config_lib.check_config(config)
+    return config
 
 
 def run(args, out, extra):
-    require_file(args.config, "config file")
-    argv = train_argv(args, extra)
-    # Defines train.py's absl flags (--config, --workdir) and its main.
-    module = load_repository_module("train.py", "soundstorm_train_script")
-    from absl import app
-    try:
-        app.run(module.main, argv=argv)
-    except SystemExit as e:
-        if e.code not in (None, 0):
-            raise CliError(f"train.py exited with status {e.code}") from e
+    config = read_config(args.config, extra)
+    from soundstorm_jax import training
+    training.check_saved_config(args.workdir, config)  # A wrong workdir fails before JAX starts.
+    training.maybe_initialize_distributed()  # Before anything touches the devices.
+    summary = training.train_and_evaluate(config, args.workdir)
     checkpoints = os.path.join(args.workdir, "checkpoints")
     steps = sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit()) if os.path.isdir(checkpoints) else []
-    record = dict(command="train", workdir=args.workdir, checkpoints=steps,
-                  metrics=os.path.join(args.workdir, "metrics.jsonl"))
-    out.result(record, [f"trained in {args.workdir} (checkpoints at steps {steps})"])
+    record = dict(command="train", workdir=args.workdir, step=summary.step, stopped=summary.stopped,
+                  checkpoints=steps, metrics=os.path.join(args.workdir, "metrics.jsonl"))
+    out.result(record, [f"trained in {args.workdir} to step {summary.step} ({summary.stopped}; checkpoints at "
+                        f"steps {steps})"])
     return 0

@@ -1,28 +1,27 @@
-"""Training at scale: meshes and sharding rules, the sharded TrainState, the
-jitted steps, Orbax checkpoints and metrics. `train.py` strings them together.
+"""Training at scale: one trainer, one file per model kind.
 
-  mesh        mesh from config, logical-axis rules, batch sharding, distributed init
-  factory     config -> SoundStorm model and pipeline configs; model signatures
-  optimizer   AdamW + warmup/cosine + clipping
-  state       TrainState, sharded creation (eval_shape -> shardings -> jit)
-  step        train/eval steps: microbatch scan, NaN skip, EMA, global batches
-  experiment  everything built from a config for one mesh
-  checkpoint  Orbax CheckpointManager (state + iterator + model config), SIGTERM
-  metrics     JSON-lines writer, FLOP estimates, MFU
-  tasks       one trainer core, two models: the per-kind task train.py drives (config.kind)
-  codec_task  the SoundStream codec as a task: sharded state, NaN skip, audio data, mel-loss eval
-  loop        train_and_evaluate: the loop train.py (and the demo) runs, with an optional time limit
+  trainer          the loop (train_and_evaluate), the Task protocol, JitStep, the NaN guard, datasets, evaluation
+  soundstorm_task  SoundStorm: model from config, inputs, loss, microbatched step, evaluation
+  codec_task       the SoundStream codec: generator + discriminators step, audio data, mel-loss evaluation
+  config           loading configs (packaged names or files), overrides, the strict reader, config.json
+  sharding         meshes, logical-axis rules and the fallback rule, state and batch shardings
+  restore          a workdir -> model + inference parameters (every command that loads a run)
+  checkpoint       Orbax checkpoints (state + iterator position + model signature), SIGTERM
+  state            SoundStorm's TrainState, bytes per device
+  optimizer        AdamW + warmup/cosine + clipping
+  metrics          JSON-lines writer, FLOP estimates, MFU
 """
-from soundstorm_jax.training.checkpoint import Checkpointer, PreemptionFlag, check_saved_config, save_config
-from soundstorm_jax.training.experiment import Experiment, build
-from soundstorm_jax.training.loop import TrainSummary, train_and_evaluate
-from soundstorm_jax.training.mesh import (MESH_AXES, batch_sharding, make_mesh, maybe_initialize_distributed,
-                                          resolve_mesh_shape, rules_from_config)
-from soundstorm_jax.training.state import TrainState, bytes_per_device, create_train_state
-from soundstorm_jax.training.step import combine_metrics, global_batch, host_batch
-from soundstorm_jax.training.tasks import KINDS, SoundStormTask, Task, build_task, kind_of
+from soundstorm_jax.training.checkpoint import Checkpointer, PreemptionFlag
+from soundstorm_jax.training.config import (ConfigError, apply_overrides, check_config, check_saved_config,
+                                            load_config, save_config)
+from soundstorm_jax.training.restore import load_codec, load_soundstorm, restore_run
+from soundstorm_jax.training.sharding import (MESH_AXES, batch_sharding, make_mesh, maybe_initialize_distributed,
+                                              resolve_mesh_shape, rules_from_config)
+from soundstorm_jax.training.state import TrainState, bytes_per_device
+from soundstorm_jax.training.trainer import Task, TrainSummary, build_task, train_and_evaluate
 
-__all__ = ["Checkpointer", "Experiment", "KINDS", "MESH_AXES", "PreemptionFlag", "SoundStormTask", "Task",
-           "TrainState", "TrainSummary", "batch_sharding", "build", "build_task", "bytes_per_device", "check_saved_config",
-           "combine_metrics", "create_train_state", "global_batch", "host_batch", "kind_of", "make_mesh",
-           "maybe_initialize_distributed", "resolve_mesh_shape", "rules_from_config", "save_config", "train_and_evaluate"]
+__all__ = ["Checkpointer", "ConfigError", "MESH_AXES", "PreemptionFlag", "Task", "TrainState", "TrainSummary",
+           "apply_overrides", "batch_sharding", "build_task", "bytes_per_device", "check_config",
+           "check_saved_config", "load_codec", "load_config", "load_soundstorm", "make_mesh",
+           "maybe_initialize_distributed", "resolve_mesh_shape", "restore_run", "rules_from_config", "save_config",
+           "train_and_evaluate"]

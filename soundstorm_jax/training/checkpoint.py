@@ -1,8 +1,8 @@
-"""Orbax checkpoints: the TrainState, the data iterator's position and the model config.
+"""Orbax checkpoints: a task's train state, the data iterator's position and the model config.
 
 `workdir/checkpoints/<step>/` holds three items, written together:
 
-    state   the TrainState (sharded arrays; each host writes its shards)
+    state   the train state (sharded arrays; each host writes its shards)
     data    the grain iterator's state (JSON), so a resumed run reads
             exactly the batches it would have read
     model   the parameter-defining `config.model` fields (JSON), checked
@@ -16,7 +16,6 @@ NamedShardings, so a checkpoint written on 8 devices restores onto 4 or 1.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -26,10 +25,7 @@ from typing import Any, Mapping, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from soundstorm_jax.training import factory
-from soundstorm_jax.training.state import TrainState
-
-CONFIG_FILE = "config.json"
+from soundstorm_jax.training import config as config_lib
 
 
 class Checkpointer:
@@ -46,7 +42,7 @@ class Checkpointer:
     def __init__(self, workdir: str, model_config: Mapping[str, Any], *, every_steps: int, keep: int,
                  async_save: bool = True):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-        self.signature = factory.model_signature(model_config)
+        self.signature = config_lib.model_signature(model_config)
         self.every_steps = int(every_steps)
         options = ocp.CheckpointManagerOptions(max_to_keep=int(keep), save_interval_steps=int(every_steps),
                                                enable_async_checkpointing=bool(async_save), create=True)
@@ -59,7 +55,7 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: TrainState, data_state: Optional[Mapping[str, Any]], *,
+    def save(self, step: int, state: Any, data_state: Optional[Mapping[str, Any]], *,
              force: bool = False) -> bool:
         """Starts saving (asynchronously) if `step` is due or `force`; returns whether it did.
 
@@ -77,14 +73,14 @@ class Checkpointer:
     def check_model(self, step: int) -> None:
         """ValueError naming the fields where checkpoint `step`'s model differs from the config."""
         saved = self.manager.restore(step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))["model"]
-        factory.check_model_matches(saved, self.signature, where=f"{self.directory}/{step}")
+        config_lib.check_model_matches(saved, self.signature, where=f"{self.directory}/{step}")
 
-    def restore(self, abstract_state: TrainState, step: Optional[int] = None
-                ) -> tuple[TrainState, dict[str, Any], int]:
+    def restore(self, abstract_state: Any, step: Optional[int] = None
+                ) -> tuple[Any, dict[str, Any], int]:
         """(state, data_state, step) of checkpoint `step` (default: the latest).
 
         `abstract_state` holds ShapeDtypeStructs with the target NamedShardings
-        (e.g. `Experiment.abstract_state`), so any mesh works.
+        (a task's `abstract_state`), so any mesh works.
         """
         step = self.latest_step() if step is None else step
         if step is None:
@@ -102,43 +98,24 @@ class Checkpointer:
         self.manager.close()
 
 
-def save_config(workdir: str, config: Any) -> str:
-    """Writes the run's full config to `workdir/config.json` (process 0) and returns the path."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(factory.to_dict(config), f, indent=2, sort_keys=True, default=str)
-        os.replace(tmp, path)
-    return path
-
-
-def check_saved_config(workdir: str, config: Any) -> None:
-    """ValueError if `workdir/config.json` describes a different model than `config`."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    kinds = saved.get("kind") or "soundstorm", config.get("kind", None) or "soundstorm"
-    if kinds[0] != kinds[1]:
-        raise ValueError(f"{workdir} holds a {kinds[0]!r} run but config.kind is {kinds[1]!r}; "
-                         f"use another --workdir")
-    factory.check_model_matches(factory.model_signature(saved.get("model", {})),
-                                factory.model_signature(config.model), where=workdir)
-
-
 class PreemptionFlag:
-    """Set by SIGTERM (preemptible VMs send it before stopping the machine).
+    """Set by SIGTERM (preemptible VMs send it before stopping the machine), while in its `with` block.
 
     The loop checks `flag.is_set()` once per step, saves a checkpoint and
-    exits; with several processes all of them agree (any host's signal counts).
+    exits; with several processes all of them agree (any host's signal
+    counts). Leaving the block puts the previous SIGTERM handler back.
     """
 
     def __init__(self):
         self._event = threading.Event()
+        self._previous = None
+
+    def __enter__(self) -> "PreemptionFlag":
         self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
 
     def _handle(self, signum, frame):
         del signum, frame
@@ -151,6 +128,3 @@ class PreemptionFlag:
             return local
         from jax.experimental import multihost_utils
         return bool(multihost_utils.process_allgather(jax.numpy.asarray(local)).any())
-
-    def restore_handler(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)

@@ -1,6 +1,6 @@
 """The SoundStream codec as a training task (`config.kind = 'codec'`).
 
-    python train.py --config configs/codec_tiny.py --workdir runs/codec [--config.data.dir=AUDIO_DATASET]
+    python train.py --config codec_tiny --workdir runs/codec [--config.data.dir=AUDIO_DATASET]
 
 The codec's own pure step (`soundstorm_jax.codec.codec_train_step`: generator,
 discriminators and EMA codebooks in one update) runs inside the shared
@@ -17,10 +17,10 @@ Sharding. The batch (audio, (B, T)) is split over the mesh's batch axes
 ('data', 'fsdp' by `config.mesh.rules`); XLA reduces gradients, EMA
 codebook statistics and k-means over the global batch, so a sharded step
 equals the one-device step. With `mesh.shape.fsdp > 1` every parameter,
-codebook and optimizer array of at least `mesh.fsdp_min_size` elements is
-split over 'fsdp' along its largest dimension that the axis divides (the
-codec's layers carry no logical axis names; this is the usual ZeRO-3 rule
-for convolutions). `config.optimizer.flatten` picks the Adam state's layout:
+codebook and optimizer array follows the fallback rule for arrays without
+logical names (`sharding.fallback_spec`: at least `mesh.fsdp_min_size`
+elements -> split over 'fsdp' along its largest divisible dimension, the
+usual ZeRO-3 rule for convolutions). `config.optimizer.flatten` picks the Adam state's layout:
 True (default, cheapest to compile) keeps one flat vector per parameter
 group, which FSDP can split only when its length divides the axis (else it
 is replicated); False keeps one array per parameter, split like the
@@ -41,16 +41,12 @@ every validation file.
 """
 from __future__ import annotations
 
-import glob
 import logging
-import math
-import os
 from typing import Any, Mapping, Optional
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -58,15 +54,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from soundstorm_jax.codec import (CodecDiscriminator, CodecTrainConfig, CodecTrainState, SoundStream,
                                   SoundStreamCodec, codec_from_state, codec_train_step, init_codec_train_state,
                                   multiscale_mel_loss)
-from soundstorm_jax.data import PipelineConfig, audio_folder, make_eval_iterator, make_train_iterator, prepare_corpus
-from soundstorm_jax.training import factory, mesh as mesh_lib, step as step_lib
-from soundstorm_jax.training.experiment import compiler_options
+from soundstorm_jax.data import PipelineConfig, prepare_corpus
+from soundstorm_jax.training import config as config_lib, sharding
+from soundstorm_jax.training.trainer import JitStep, keep_if_finite, open_dataset
 
-LOSS_KEYS = ("mel_scales", "mel_bins", "mel_weight", "commitment_weight", "adversarial_weight",
-             "feature_matching_weight", "adversarial_start_step")
-OPTIMIZER_KEYS = ("generator_lr", "discriminator_lr", "b1", "b2", "clip_norm", "flatten")
-DATA_KEYS = ("dir", "corpus", "train_split", "eval_split", "batch_size", "eval_batch_size", "segment_samples",
-             "num_threads", "prefetch_buffer_size")
 LOGGED = ("generator_loss", "discriminator_loss", "mel_loss", "commit_loss", "adversarial_loss",
           "feature_matching_loss", "waveform_l1", "levels_used", "generator_grad_norm", "discriminator_grad_norm",
           "skipped", "nonfinite_count")
@@ -94,74 +85,31 @@ def _tuples(value: Any) -> Any:
     return value
 
 
-def _check_keys(section: Mapping[str, Any], known, where: str) -> dict:
-    values = dict(factory.to_dict(section))
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"{where} has unknown field(s) {unknown}; known: {sorted(known)}")
-    return values
-
-
-def _module(cls, section: Mapping[str, Any], where: str):
-    values = _check_keys(section, set(cls.__dataclass_fields__) - {"parent", "name"}, where)
-    values = {k: _tuples(v) for k, v in values.items()}
+def _module(cls, config: Any, path: str):
+    values = {k: _tuples(v) for k, v in config_lib.read_section(config, path).items()}
     if isinstance(values.get("dtype"), str):
         values["dtype"] = jnp.dtype(values["dtype"])
     return cls(**values)
 
 
-def use_fsdp(mesh: Mesh) -> bool:
-    return int(mesh.shape.get("fsdp", 1)) > 1
-
-
 def codec_train_config(config: Any, mesh: Optional[Mesh] = None) -> CodecTrainConfig:
     """`config.model.generator` / `.discriminator`, `config.loss`, `config.optimizer` -> `CodecTrainConfig`."""
-    model = _check_keys(config.model, ("generator", "discriminator"), "config.model (codec)")
-    generator = _module(SoundStream, model.get("generator", {}), "config.model.generator")
-    discriminator = _module(CodecDiscriminator, model.get("discriminator", {}), "config.model.discriminator")
-    loss = _check_keys(config.loss, LOSS_KEYS, "config.loss")
-    opt = _check_keys(config.optimizer, OPTIMIZER_KEYS, "config.optimizer (codec)")
+    opt = config_lib.read_section(config, "optimizer")
     flatten = bool(opt.get("flatten", True))
-    if flatten and mesh is not None and use_fsdp(mesh):
+    if flatten and mesh is not None and int(mesh.shape.get("fsdp", 1)) > 1:
         logging.warning("config.optimizer.flatten=True with fsdp=%d: the Adam state is one vector per parameter "
                         "group, split over 'fsdp' only when its length divides it; set "
                         "config.optimizer.flatten=False to shard it like the parameters", mesh.shape["fsdp"])
     defaults = CodecTrainConfig()
     return CodecTrainConfig(
-        codec=generator, discriminator=discriminator,
+        codec=_module(SoundStream, config, "model.generator"),
+        discriminator=_module(CodecDiscriminator, config, "model.discriminator"),
         generator_lr=float(opt.get("generator_lr", defaults.generator_lr)),
         discriminator_lr=float(opt.get("discriminator_lr", defaults.discriminator_lr)),
         adam_b1=float(opt.get("b1", defaults.adam_b1)), adam_b2=float(opt.get("b2", defaults.adam_b2)),
         grad_clip_norm=None if opt.get("clip_norm") is None else float(opt["clip_norm"]),
         flatten_optimizer=flatten,
-        **{k: _tuples(v) for k, v in loss.items()})
-
-
-# ---- sharding --------------------------------------------------------------------------------------------
-
-def fsdp_spec(shape, mesh: Mesh, min_size: int) -> P:
-    """'fsdp' on the largest dimension it divides, for arrays of at least `min_size` elements; else replicated."""
-    ways = int(mesh.shape.get("fsdp", 1))
-    if ways == 1 or not shape or math.prod(shape) < min_size:
-        return P()
-    for dim in sorted(range(len(shape)), key=lambda i: -shape[i]):
-        if shape[dim] % ways == 0:
-            return P(*[("fsdp" if i == dim else None) for i in range(len(shape))])
-    logging.info("array of shape %s: no dimension divisible by fsdp=%d; replicated", tuple(shape), ways)
-    return P()
-
-
-def state_shardings(abstract: CodecRunState, mesh: Mesh, min_size: int) -> CodecRunState:
-    """NamedShardings for a CodecRunState: params, codebooks, optimizer state FSDP-split; the rest replicated."""
-    replicated = NamedSharding(mesh, P())
-
-    def split(tree):
-        return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, mesh, min_size)), tree)
-
-    codec = abstract.codec
-    return CodecRunState(codec=codec.replace(step=replicated, params=split(codec.params),
-                                             vq_stats=split(codec.vq_stats), opt_state=split(codec.opt_state)),
-                         rng=replicated, nonfinite_count=replicated)
+        **{k: _tuples(v) for k, v in config_lib.read_section(config, "loss").items()})
 
 
 # ---- steps -------------------------------------------------------------------------------------------------
@@ -172,7 +120,7 @@ def train_step_fn(state: CodecRunState, batch: Mapping[str, jax.Array]) -> tuple
     new, metrics = codec_train_step(state.codec, batch["audio"], rng)
     finite = jnp.all(jnp.isfinite(jnp.stack([metrics[k] for k in (
         "generator_loss", "discriminator_loss", "generator_grad_norm", "discriminator_grad_norm")])))
-    kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state.codec).replace(step=new.step)
+    kept = keep_if_finite(finite, new, state.codec).replace(step=new.step)
     count = state.nonfinite_count + (~finite).astype(jnp.int32)
     return (CodecRunState(codec=kept, rng=state.rng, nonfinite_count=count),
             dict(metrics, skipped=~finite, nonfinite_count=count))
@@ -195,25 +143,10 @@ def eval_step_fn(codec: CodecTrainState, batch: Mapping[str, jax.Array]) -> dict
             "l1_sum": jnp.sum(jnp.abs(audio - out.audio) * samples), "samples": jnp.sum(samples)}
 
 
-# ---- data ------------------------------------------------------------------------------------------------
-
-def open_audio_dataset(data_dir: str) -> tfds.core.DatasetBuilder:
-    """A prepared AudioFolder under `data_dir` (what `prepare_audio_folder` got, or its version folder)."""
-    if not os.path.isdir(data_dir):
-        raise FileNotFoundError(f"config.data.dir={data_dir!r} does not exist or is not a directory")
-    if os.path.exists(os.path.join(data_dir, "dataset_info.json")):
-        return audio_folder.open_prepared(data_dir)
-    found = sorted(glob.glob(os.path.join(data_dir, "audio_folder", "*", "dataset_info.json")))
-    if not found:
-        raise FileNotFoundError(
-            f"config.data.dir={data_dir!r} holds no prepared audio dataset (expected "
-            f"audio_folder/<version>/dataset_info.json); prepare a folder of audio files with "
-            f"soundstorm_jax.data.prepare_audio_folder(AUDIO_DIR, {data_dir!r}, sample_rate=<codec rate>)")
-    return audio_folder.open_prepared(os.path.dirname(found[-1]))
-
+# ---- the task ----------------------------------------------------------------------------------------------
 
 class CodecTask:
-    """SoundStream training on an audio dataset (see the module docstring)."""
+    """SoundStream training on an audio dataset (see the module docstring and `trainer.Task`)."""
 
     kind = "codec"
 
@@ -222,16 +155,16 @@ class CodecTask:
         if int(mesh.shape.get("tensor", 1)) != 1:
             raise ValueError(f"the codec has no tensor-parallel layout: set mesh.shape.tensor=1 "
                              f"(got mesh {dict(mesh.shape)}); use the data and fsdp axes")
-        _check_keys(config.data, DATA_KEYS, "config.data (codec)")
-        self.rules = mesh_lib.rules_from_config(config.mesh.rules)
+        data = config_lib.read_section(config, "data")
+        self.rules = sharding.rules_from_config(config.mesh.rules)
         self.train_config = codec_train_config(config, mesh)
         self.sample_rate = int(self.train_config.codec.target_sample_hz)
-        self.segment = int(config.data.segment_samples)
-        self.batch_size = int(config.data.batch_size)
-        self.eval_batch_size = int(config.data.get("eval_batch_size") or self.batch_size)
-        mesh_lib.check_batch_size(self.batch_size, mesh, self.rules)
-        mesh_lib.check_batch_size(self.eval_batch_size, mesh, self.rules, what="data.eval_batch_size")
-        self.options = compiler_options(config)
+        self.segment = int(data["segment_samples"])
+        self.batch_size = int(data["batch_size"])
+        self.eval_batch_size = int(data.get("eval_batch_size") or self.batch_size)
+        sharding.check_batch_size(self.batch_size, mesh, self.rules)
+        sharding.check_batch_size(self.eval_batch_size, mesh, self.rules, what="data.eval_batch_size")
+        self.options = config_lib.compiler_options(config)
 
         sample = np.zeros((1, self.segment), np.float32)  # Fixes shapes only (k-means runs on the first batch).
         train_config = self.train_config
@@ -242,23 +175,19 @@ class CodecTask:
                                  nonfinite_count=jnp.zeros((), jnp.int32))
 
         self.init_fn = init
-        rng = jax.random.PRNGKey(int(config.seed))
-        abstract = jax.eval_shape(init, rng)
-        self.shardings = state_shardings(abstract, mesh, int(config.mesh.get("fsdp_min_size", 0) or 0))
-        self.abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                           abstract, self.shardings)
-        self.batch_sharding = mesh_lib.batch_sharding(mesh, self.rules)
+        self.abstract_state, self.shardings = sharding.state_shardings(
+            jax.eval_shape(init, jax.random.PRNGKey(int(config.seed))), mesh, self.rules,
+            fsdp_min_size=int(config.mesh.get("fsdp_min_size") or 0))
+        self.batch_sharding = sharding.batch_sharding(mesh, self.rules)
         replicated = NamedSharding(mesh, P())
-        self.train_step = step_lib.JitStep(
-            train_step_fn, mesh, self.rules,
-            in_shardings=(self.shardings, {"audio": self.batch_sharding}),
+        self.train_step = JitStep(
+            train_step_fn, mesh, self.rules, in_shardings=(self.shardings, {"audio": self.batch_sharding}),
             out_shardings=(self.shardings, replicated), donate_argnums=(0,), compiler_options=self.options)
-        self.eval_step = step_lib.JitStep(
+        self._eval_step = JitStep(
             eval_step_fn, mesh, self.rules,
             in_shardings=(self.shardings.codec, {"audio": self.batch_sharding, "mask": self.batch_sharding}),
             out_shardings=replicated, compiler_options=self.options)
 
-    # ---- state ----
     def create_state(self) -> CodecRunState:
         """A fresh state, each array created where its shards live. Same seed -> same values on any mesh."""
         # A one-off program: on a CPU, skip the backend's optimisation passes unless the config says otherwise
@@ -274,9 +203,12 @@ class CodecTask:
 
     # ---- data ----
     def open_data(self) -> tfds.core.DatasetBuilder:
+        """`config.data.dir`'s prepared audio dataset, or the embedded corpus; at the codec's sample rate."""
         data = self.config.data
         if data.get("dir"):
-            builder = open_audio_dataset(data.dir)
+            builder = open_dataset(data.dir, "audio_folder",
+                                   f"prepare a folder of audio files with `soundstorm prepare --audio AUDIO_DIR "
+                                   f"--out {data.dir} --sample-rate {self.sample_rate}`")
         else:
             corpus = data.get("corpus") or "tiny"
             logging.info("config.data.dir is not set: using the embedded eSpeak corpus %r at %d Hz",
@@ -287,10 +219,7 @@ class CodecTask:
             raise ValueError(
                 f"the audio dataset in {builder.data_dir!r} is at {int(rate)} Hz but the codec expects "
                 f"{self.sample_rate} Hz (config.model.generator.target_sample_hz); prepare it again at the "
-                f"codec's rate: prepare_audio_folder(AUDIO_DIR, NEW_DIR, sample_rate={self.sample_rate})")
-        if data.train_split not in builder.info.splits:
-            raise ValueError(f"the audio dataset in {builder.data_dir!r} has no {data.train_split!r} split "
-                             f"(it has {sorted(builder.info.splits)})")
+                f"codec's rate: `soundstorm prepare --audio AUDIO_DIR --out NEW_DIR --sample-rate {self.sample_rate}`")
         return builder
 
     def pipeline_config(self, *, train: bool) -> PipelineConfig:
@@ -302,16 +231,24 @@ class CodecTask:
         return PipelineConfig(batch_size=self.eval_batch_size, shuffle=False, random_crop=False, num_epochs=1,
                               **common)
 
-    def train_iterator(self, builder: tfds.core.DatasetBuilder):
-        source = builder.as_data_source(self.config.data.train_split)
-        if len(source) == 0:
-            raise ValueError(f"split {self.config.data.train_split!r} of {builder.data_dir!r} is empty")
-        return make_train_iterator(self.pipeline_config(train=True), source, seed=int(self.config.seed))
+    def device_batch(self, batch: Mapping[str, np.ndarray], *, train: bool = True) -> dict[str, jax.Array]:
+        keys = ("audio",) if train else ("audio", "mask")
+        return sharding.global_batch({k: batch[k] for k in keys}, self.batch_sharding)
 
-    def device_batch(self, batch: Mapping[str, np.ndarray], keys=("audio",)) -> dict[str, jax.Array]:
-        return step_lib.global_batch({k: batch[k] for k in keys}, self.batch_sharding)
+    # ---- evaluation and logs ----
+    def eval_step(self, state: CodecRunState, batch: Mapping[str, jax.Array], index: int) -> dict:
+        del index  # Deterministic: no randomness in the codec's evaluation.
+        return self._eval_step(state.codec, batch)
 
-    # ---- steps ----
+    def summarize_eval(self, parts: list[dict]) -> Optional[dict]:
+        """{'mel_loss', 'waveform_l1', 'examples'} over the evaluated examples (None if there were none)."""
+        totals = {k: sum(float(p[k]) for p in parts) for k in parts[0]}
+        if not totals["examples"]:
+            return None
+        return {"mel_loss": totals["mel_loss_sum"] / totals["examples"],
+                "waveform_l1": totals["l1_sum"] / max(totals["samples"], 1.0),
+                "examples": int(totals["examples"])}
+
     def log_record(self, metrics: Mapping[str, Any], step_time: float) -> dict:
         record = {k: metrics[k] for k in LOGGED}
         seconds = self.batch_size * self.segment / self.sample_rate
@@ -320,47 +257,5 @@ class CodecTask:
                       discriminator_lr=self.train_config.discriminator_lr)
         return record
 
-    def evaluate(self, state: CodecRunState, builder: tfds.core.DatasetBuilder, *,
-                 max_batches: Optional[int] = None) -> Optional[dict]:
-        """{'eval_mel_loss', 'eval_waveform_l1', 'eval_examples'} over the validation split (None if absent)."""
-        split = self.config.data.eval_split
-        if not split or split not in builder.info.splits:
-            return None
-        totals: dict[str, float] = {}
-        batches = make_eval_iterator(self.pipeline_config(train=False), builder.as_data_source(split))
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            out = jax.device_get(self.eval_step(state.codec, self.device_batch(batch, keys=("audio", "mask"))))
-            for k, v in out.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-        if not totals.get("examples"):
-            return None
-        return {"eval_mel_loss": totals["mel_loss_sum"] / totals["examples"],
-                "eval_waveform_l1": totals["l1_sum"] / max(totals["samples"], 1.0),
-                "eval_examples": int(totals["examples"])}
 
-
-def load_codec(workdir: str, *, step: Optional[int] = None, mesh: Optional[Mesh] = None) -> SoundStreamCodec:
-    """The codec trained in `workdir` (its latest checkpoint, or `step`), ready to encode and decode.
-
-    Reads `workdir/config.json`; restores onto `mesh` (default: one device).
-    """
-    import json
-
-    from soundstorm_jax.training.checkpoint import CONFIG_FILE, Checkpointer
-    with open(os.path.join(workdir, CONFIG_FILE)) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    if config.get("kind") != "codec":
-        raise ValueError(f"{workdir} holds a {config.get('kind', 'soundstorm')!r} run, not a codec")
-    mesh = mesh or mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-    config.data.batch_size = config.data.eval_batch_size = mesh.size
-    task = CodecTask(config, mesh)
-    ckpt = Checkpointer(workdir, config.model, every_steps=1, keep=1, async_save=False)
-    state, _, _ = ckpt.restore(task.abstract_state, step)
-    ckpt.close()
-    return task.codec(state)
-
-
-__all__ = ["CodecRunState", "CodecTask", "codec_train_config", "eval_step_fn", "fsdp_spec", "load_codec",
-           "open_audio_dataset", "state_shardings", "train_step_fn"]
+__all__ = ["CodecRunState", "CodecTask", "codec_train_config", "eval_step_fn", "train_step_fn"]

@@ -10,7 +10,7 @@ Sharding strategy (any mix is a change of mesh.shape; see configs/base.py for th
 """
 import ml_collections
 
-from configs import common
+from soundstorm_jax.configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:

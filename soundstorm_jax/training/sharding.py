@@ -1,19 +1,26 @@
-"""Device meshes and logical-axis rules from the config.
+"""Device meshes, logical-axis rules and the shardings of a run's state and batches.
 
 The mesh has three named axes (any may have size 1)::
 
     data    pure data parallelism: the batch is split, parameters replicated
     fsdp    ZeRO-3-like: the batch is split AND parameters + optimizer state
-            are sharded (on 'embed' or 'mlp'); XLA all-gathers weights per layer
+            are sharded; XLA all-gathers weights per layer
     tensor  Megatron-like tensor parallelism over 'heads' / 'mlp' / 'vocab'
 
 `config.mesh.shape` gives their sizes, e.g. ``{'data': -1, 'fsdp': 1, 'tensor': 1}``
-(-1 = all remaining devices). `config.mesh.rules` maps the model's logical axis
-names (batch, length, embed, heads, kv, mlp, vocab, levels, layers) to mesh axes;
-rules are tried in order and a mesh axis is used at most once per array
-(flax's semantics), so ``('batch', ('data', 'fsdp'))`` listed before
-``('embed', 'fsdp')`` shards activations over the batch and parameters over
-'embed'.
+(-1 = all remaining devices). Arrays get their shardings in one of two ways:
+
+* arrays with logical axis names (every SoundStorm parameter, created through
+  `nn.with_logical_partitioning`) follow `config.mesh.rules`, which map the
+  names (batch, length, embed, heads, kv, mlp, vocab, levels, layers) to mesh
+  axes; rules are tried in order and a mesh axis is used at most once per
+  array (flax's semantics), so ``('batch', ('data', 'fsdp'))`` listed before
+  ``('embed', 'fsdp')`` shards activations over the batch and parameters
+  over 'embed';
+* arrays without names (the codec's layers, optimizer counters, rngs) follow
+  one fallback rule: with an 'fsdp' axis > 1, an array of at least
+  `config.mesh.fsdp_min_size` elements is split over 'fsdp' along its largest
+  dimension that the axis divides; everything else is replicated.
 """
 from __future__ import annotations
 
@@ -28,8 +35,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
-# Logical axes the batch is split over: every mesh axis that carries data.
-BATCH_AXES = ("data", "fsdp")
 
 Rules = tuple[tuple[str, Any], ...]
 
@@ -153,13 +158,39 @@ def fit_spec(shape: Sequence[int], spec: P, mesh: Mesh) -> P:
     return P(*fitted)
 
 
-def logical_to_shardings(abstract_tree: Any, mesh: Mesh, rules: Rules) -> Any:
-    """Boxed (nn.Partitioned) abstract tree -> NamedShardings of its unboxed leaves.
+def fallback_spec(shape: Sequence[int], mesh: Mesh, min_size: int) -> P:
+    """The rule for arrays without logical names: 'fsdp' on the largest dimension it divides, for arrays of
+    at least `min_size` elements; else replicated."""
+    ways = int(mesh.shape.get("fsdp", 1))
+    if ways == 1 or not shape or math.prod(shape) < min_size:
+        return P()
+    for dim in sorted(range(len(shape)), key=lambda i: -shape[i]):
+        if shape[dim] % ways == 0:
+            return P(*[("fsdp" if i == dim else None) for i in range(len(shape))])
+    logging.info("array of shape %s: no dimension divisible by fsdp=%d; replicated", tuple(shape), ways)
+    return P()
 
-    Leaves without logical names (step counters, rng) are replicated.
+
+def state_shardings(boxed_abstract: Any, mesh: Mesh, rules: Rules, *, fsdp_min_size: int) -> tuple[Any, Any]:
+    """An abstract state (from `jax.eval_shape(init)`, maybe nn.Partitioned-boxed) -> (abstract, shardings).
+
+    `abstract` is the unboxed tree of ShapeDtypeStructs carrying their target
+    NamedShardings (what a checkpoint restores into); `shardings` the same
+    tree of NamedShardings (jit's in/out shardings). Boxed leaves follow the
+    logical rules, the others the fallback rule (see the module docstring).
     """
-    logical = nn.get_partition_spec(abstract_tree)
-    mesh_specs = nn.logical_to_mesh(logical, rules)
-    shapes = nn.unbox(abstract_tree)
-    return jax.tree.map(lambda spec, x: NamedSharding(mesh, fit_spec(np.shape(x), spec, mesh)),
-                        mesh_specs, shapes, is_leaf=lambda s: isinstance(s, P))
+    def sharding(leaf):
+        if isinstance(leaf, nn.Partitioned):
+            spec = nn.logical_to_mesh_axes(leaf.names, rules)
+            return NamedSharding(mesh, fit_spec(np.shape(leaf.value), spec, mesh))
+        return NamedSharding(mesh, fallback_spec(np.shape(leaf), mesh, fsdp_min_size))
+
+    shardings = jax.tree.map(sharding, boxed_abstract, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            nn.unbox(boxed_abstract), shardings)
+    return abstract, shardings
+
+
+def global_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """This host's numpy batch -> global arrays (batch axis split over the batch mesh axes)."""
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}

@@ -11,7 +11,7 @@ codec start from configs/codec_paper.py.
 """
 import ml_collections
 
-from configs import codec_tiny
+from soundstorm_jax.configs import codec_tiny
 
 
 def get_config() -> ml_collections.ConfigDict:

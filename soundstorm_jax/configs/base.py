@@ -12,7 +12,7 @@ replace ("embed", "fsdp") with ("mlp", "fsdp") placed before ("mlp", "tensor").
 """
 import ml_collections
 
-from configs import common
+from soundstorm_jax.configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:

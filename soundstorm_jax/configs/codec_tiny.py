@@ -13,7 +13,7 @@ Sharding (a change of mesh.shape):
 """
 import ml_collections
 
-from configs import codec_common
+from soundstorm_jax.configs import codec_common
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -11,7 +11,7 @@ Sized for accelerators: FSDP by default (params + Adam state ~ 3.5 GB fp32).
 """
 import ml_collections
 
-from configs import common
+from soundstorm_jax.configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -36,9 +36,10 @@ def base_config() -> ml_collections.ConfigDict:
         dtype="bfloat16", param_dtype="float32",  # bf16 compute, fp32 master weights
         conformer=ml_collections.ConfigDict(dict(dim=512, depth=2))))
 
+    # Not type-safe: `steps` is an int (first level) or a tuple with one count per level.
     c.objective = ml_collections.ConfigDict(dict(
         steps=18, schedule="cosine", no_replace_prob=0.0, random_token_prob=0.0, label_smoothing=0.0,
-        self_cond=False, self_token_critic=False, cond_drop_prob=0.0))
+        self_cond=False, self_token_critic=False, cond_drop_prob=0.0), type_safe=False)
 
     c.data = ml_collections.ConfigDict(dict(
         dir=ml_collections.config_dict.placeholder(str),  # prepared CodesDataset's data_dir (required)
@@ -54,9 +55,11 @@ def base_config() -> ml_collections.ConfigDict:
         grad_accum_steps=1,  # microbatches per update (scan inside the step)
         ema_decay=ml_collections.config_dict.placeholder(float)))  # e.g. 0.999; None = no EMA
 
+    # Arrays without logical names (optimizer counters, rngs) of at least fsdp_min_size elements are split over
+    # 'fsdp' on their largest divisible dimension (soundstorm_jax/training/sharding.py); the rest replicated.
     c.mesh = ml_collections.ConfigDict(dict(
         shape=ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1)),
-        rules=DEFAULT_RULES))
+        rules=DEFAULT_RULES, fsdp_min_size=4096))
 
     # XLA options for the jitted steps; e.g. xla_backend_optimization_level=0
     # compiles ~3x faster on a CPU (tests, smoke runs).

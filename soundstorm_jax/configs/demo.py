@@ -10,7 +10,7 @@ token conditions one frame (acoustic_per_semantic=1).
 """
 import ml_collections
 
-from configs import common
+from soundstorm_jax.configs import common
 from soundstorm_jax.data import phonemes
 
 

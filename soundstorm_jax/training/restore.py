@@ -1,0 +1,79 @@
+"""A training workdir -> its model and inference parameters: what every command that loads a run uses.
+
+    model, variables, config = load_soundstorm("runs/tiny")    # SoundStorm + {'params': EMA or raw}
+    codec = load_codec("runs/codec")                             # SoundStreamCodec: encode / decode
+
+The model is rebuilt from `workdir/config.json` (the config the run was
+trained with) and the latest complete checkpoint (or `step`) is restored
+onto one device, or onto `mesh`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+from jax.sharding import Mesh
+
+from soundstorm_jax.training import checkpoint as checkpoint_lib, config as config_lib, sharding, trainer
+
+
+@dataclasses.dataclass
+class RestoredRun:
+    """A workdir's config, the task rebuilt from it, and the restored train state at `step`."""
+    workdir: str
+    config: Any
+    task: Any
+    state: Any
+    step: int
+
+
+def restore_run(workdir: str, *, step: Optional[int] = None, kind: Optional[str] = None,
+                mesh: Optional[Mesh] = None) -> RestoredRun:
+    """The run in `workdir` at checkpoint `step` (default: the latest), on `mesh` (default: one device).
+
+    `kind` ('soundstorm' or 'codec') is what the caller needs; another kind is an error naming both.
+    Every problem (no folder, no or a malformed config.json, no checkpoint) is a ValueError or
+    FileNotFoundError naming the workdir.
+    """
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"workdir {workdir!r} does not exist or is not a directory")
+    config = config_lib.read_saved_config(workdir)
+    if config is None:
+        raise FileNotFoundError(f"{workdir!r} has no {config_lib.CONFIG_FILE}; is it a training workdir "
+                                f"(`soundstorm train --workdir ...`)?")
+    found = config_lib.kind_of(config)
+    if kind is not None and found != kind:
+        raise config_lib.ConfigError(f"{workdir!r} holds a {found!r} run, not a {kind!r} one")
+    mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+    # Training batch sizes need not divide this mesh: restoring reads no batch.
+    ways = sharding.data_parallel_size(mesh, sharding.rules_from_config(config.mesh.rules))
+    config.data.batch_size = config.data.eval_batch_size = ways * jax.process_count()
+    if "grad_accum_steps" in config.optimizer:
+        config.optimizer.grad_accum_steps = 1
+    task = trainer.build_task(config, mesh)
+    ckpt = checkpoint_lib.Checkpointer(workdir, config.model, every_steps=1, keep=1, async_save=False)
+    try:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"{workdir!r} has no complete checkpoint yet")
+        state, _, restored_step = ckpt.restore(task.abstract_state, step)
+    finally:
+        ckpt.close()
+    return RestoredRun(workdir=workdir, config=config, task=task, state=state, step=restored_step)
+
+
+def load_soundstorm(workdir: str, step: Optional[int] = None, *, mesh: Optional[Mesh] = None):
+    """(model, variables, config) of a SoundStorm workdir: variables = {'params': EMA params, else raw}."""
+    run = restore_run(workdir, step=step, kind="soundstorm", mesh=mesh)
+    return run.task.model, {"params": nn.unbox(run.task.eval_params(run.state))}, run.config
+
+
+def load_codec(workdir: str, step: Optional[int] = None, *, mesh: Optional[Mesh] = None):
+    """The codec trained in a codec workdir (a `SoundStreamCodec`: jitted encode / decode)."""
+    run = restore_run(workdir, step=step, kind="codec", mesh=mesh)
+    return run.task.codec(run.state)
+
+
+__all__ = ["RestoredRun", "load_codec", "load_soundstorm", "restore_run"]
