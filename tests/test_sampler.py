@@ -8,7 +8,7 @@ import pytest
 from soundstorm_jax import SoundStorm
 from soundstorm_jax.maskgit.schedules import cosine_schedule
 from soundstorm_jax.sampler import decode_pass, generate, lowest_confidence, top_k_filter, top_p_filter
-from soundstorm_jax.sampler.generate import _program, initial_plan_and_state, prepare_inputs
+from soundstorm_jax.sampler.generate import _program, prepare_inputs, setup_decoding
 from tiny import init_model, random_codes, tiny_net
 
 MASK = 16
@@ -25,8 +25,8 @@ def run_pass_by_pass(model, variables, **kwargs):
     """Decode with the loop body called from Python, returning the state after every pass."""
     inputs = prepare_inputs(model, **kwargs)
     n = inputs.pop("num_frames")
-    plan, state = initial_plan_and_state(model, variables, **inputs)
-    step = jax.jit(lambda st, i: decode_pass(model, variables, plan, inputs["options"], st, i))
+    decoder, plan, state = setup_decoding(model, variables, **inputs)
+    step = jax.jit(lambda st, i: decode_pass(decoder, plan, st, i))
     states = [state]
     for i in range(plan.pass_level.shape[0]):
         states.append(step(states[-1], i))

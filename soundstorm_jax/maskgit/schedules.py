@@ -3,7 +3,10 @@
 ``t = 0`` is the start of decoding (everything masked, ratio 1) and ``t = 1``
 the end (ratio 0). Training draws ``t ~ U(0, 1)`` per example; decoding with
 ``S`` steps leaves ``floor(schedule((s + 1) / S) * N)`` tokens masked after
-step ``s``, which reaches 0 at the last step for every schedule here.
+step ``s`` and none after the last step, whatever ``schedule(1)`` is.
+
+Also here, because the model and the sampler both read it: ``resolve_steps``,
+the per-level step counts of a ``steps`` setting.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Callable, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ScheduleFn = Callable[[jax.Array], jax.Array]
 Schedule = Union[str, ScheduleFn]
@@ -47,3 +51,20 @@ def masked_count(schedule_fn: ScheduleFn, t: jax.Array, total: jax.Array) -> jax
     """
     ratio = jnp.clip(schedule_fn(jnp.asarray(t, jnp.float32)), 0.0, 1.0)
     return jnp.clip(jnp.floor(ratio * total).astype(jnp.int32), 0, total)
+
+
+def resolve_steps(steps, num_levels: int) -> tuple[int, ...]:
+    """Decoding steps per level ``(num_levels,)``: an int is that many on the first level and one pass on
+    every later level; a tuple or list gives one count per level. Anything else is a ``ValueError``."""
+    if isinstance(steps, (tuple, list)):
+        if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in steps):
+            raise ValueError(f"steps must be ints, got {steps!r}")
+        steps = tuple(int(s) for s in steps)
+        if len(steps) != num_levels:
+            raise ValueError(f"steps has {len(steps)} entries, expected one per level (num_quantizers={num_levels})")
+        if min(steps) < 1:
+            raise ValueError(f"steps must all be positive, got {steps}")
+        return steps
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be a positive int or a tuple of per-level ints, got {steps!r}")
+    return (int(steps),) + (1,) * (num_levels - 1)

@@ -21,21 +21,22 @@ import numpy as np
 import optax
 
 from soundstorm_jax import validation
-from soundstorm_jax.codec.checks import check_audio
-from soundstorm_jax.maskgit.masking import TrainingMask, draw_training_mask, masked_inputs
-from soundstorm_jax.maskgit.schedules import Schedule, get_schedule
+from soundstorm_jax.codec.interface import Codec
+from soundstorm_jax.maskgit.masking import TrainingMask, check_prefix_mask, draw_training_mask, masked_inputs
+from soundstorm_jax.maskgit.schedules import Schedule, get_schedule, resolve_steps
 from soundstorm_jax.model.layers import default_kernel_init, partitioned
 from soundstorm_jax.model.wrapper import ConformerWrapper
 
 
 def check_codec_matches(codec, net: ConformerWrapper) -> None:
-    """The codec must produce the codes the network reads: say which of levels, codebook size, groups differ."""
-    pairs = {
-        "codebook_size": (codec.codebook_size, net.codebook_size),
-        "num_quantizers": (codec.num_quantizers, net.num_quantizers),
-        "groups": (getattr(codec, "rq_groups", getattr(codec, "groups", 1)), net.grouped_quantizers),
-    }
-    differ = [f"{name}: codec {ours} != network {theirs}" for name, (ours, theirs) in pairs.items() if ours != theirs]
+    """The codec (a ``codec.Codec``) must produce the codes the network reads: say which of codebook size,
+    levels and groups differ (the two name them alike)."""
+    if not isinstance(codec, Codec):
+        raise ValueError(f"codec must implement soundstorm_jax.codec.Codec (e.g. SoundStream, EnCodec), "
+                         f"got {type(codec).__name__}")
+    names = ("codebook_size", "num_quantizers", "grouped_quantizers")
+    differ = [f"{name}: codec {getattr(codec, name)} != network {getattr(net, name)}"
+              for name in names if getattr(codec, name) != getattr(net, name)]
     if differ:
         raise ValueError("the codec does not match the ConformerWrapper: " + "; ".join(differ))
 
@@ -84,9 +85,8 @@ class SoundStorm(nn.Module):
         network, trained to tell sampled-wrong tokens among the targets.
       cond_drop_prob: drop the conditioning of this fraction of examples
         (enables classifier-free guidance at generation).
-      codec: a codec module (e.g. ``codec.SoundStream``) with ``encode``,
-        ``decode``, ``codebook_size``, ``num_quantizers``, ``hop_length`` and
-        ``target_sample_hz``: the loss then also takes raw audio (codes are
+      codec: a codec module implementing ``codec.Codec`` (``codec.SoundStream``,
+        ``codec.EnCodec``): the loss then also takes raw audio (codes are
         computed inside the step, with no gradient into the codec) and
         ``generate`` takes ``seconds=`` and returns waveforms. Its variables
         live under ``'codec'``; put a trained codec's there
@@ -117,17 +117,9 @@ class SoundStorm(nn.Module):
             object.__setattr__(self, "soundstream", None)
         if self.codec is not None:
             check_codec_matches(self.codec, self.net)
-        steps = self.steps
-        if isinstance(steps, (list, tuple)):
-            steps = tuple(int(s) for s in steps)
-            if len(steps) != self.net.num_quantizers:
-                raise ValueError(f"steps has {len(steps)} entries, expected one per level "
-                                 f"(num_quantizers={self.net.num_quantizers})")
-            if min(steps) < 1:
-                raise ValueError(f"steps must all be positive, got {steps}")
-        elif int(steps) < 1:
-            raise ValueError(f"steps must be a positive int or a tuple of per-level ints, got {steps!r}")
-        object.__setattr__(self, "steps", steps)
+        level_steps = resolve_steps(self.steps, self.net.num_quantizers)
+        # An int stays an int (the model's settings read as given); a list becomes a hashable tuple.
+        object.__setattr__(self, "steps", level_steps if isinstance(self.steps, (list, tuple)) else level_steps[0])
         for name in ("no_replace_prob", "random_token_prob", "label_smoothing", "self_cond_train_prob",
                      "cond_drop_prob"):
             _check_probability(name, getattr(self, name))
@@ -139,9 +131,7 @@ class SoundStorm(nn.Module):
     @property
     def level_steps(self) -> tuple[int, ...]:
         """Decoding steps per level, ``(Q,)``."""
-        if isinstance(self.steps, tuple):
-            return self.steps
-        return (int(self.steps),) + (1,) * (self.net.num_quantizers - 1)
+        return resolve_steps(self.steps, self.net.num_quantizers)
 
     def setup(self):
         d = self.net.dim
@@ -162,12 +152,16 @@ class SoundStorm(nn.Module):
             if self.codec is None:
                 raise ValueError("codes are floating point, i.e. raw audio, but no codec is attached; "
                                  "pass integer codes or SoundStorm(net, codec=...)")
-            check_audio(codes, name="audio")
+            validation.check_audio(codes, name="audio")
             frames = -(-np.shape(codes)[1] // self.codec.hop_length)
             if mask is not None:
                 validation.check_mask(mask, (np.shape(codes)[0], frames))
+                check_prefix_mask(mask)
             return self._check_conditioning(np.shape(codes)[0], frames, semantic_ids, cond)
-        validation.check_codes(codes, codebook_size=net.codebook_size, num_columns=net.num_columns, mask=mask)
+        validation.check_codes(codes, codebook_size=net.codebook_size, num_quantizers=net.num_quantizers,
+                               grouped_quantizers=net.grouped_quantizers, mask=mask)
+        if mask is not None:
+            check_prefix_mask(mask)
         self._check_conditioning(codes.shape[0], codes.shape[1], semantic_ids, cond)
 
     def _check_conditioning(self, b, n, semantic_ids, cond) -> None:
@@ -185,7 +179,8 @@ class SoundStorm(nn.Module):
         return self.to_self_cond(source)
 
     def __call__(self, codes, mask=None, *, semantic_ids=None, cond=None, deterministic: bool = False):
-        """Training loss for codes ``(b, n, c)``; ``mask (b, n)`` bool marks valid frames.
+        """Training loss for codes ``(b, n, c)``; ``mask (b, n)`` bool marks valid frames (a prefix of each
+        example; padded frames may hold any integer).
 
         Returns ``(loss, metrics)``: the token-averaged cross-entropy on the
         level-q targets (plus the weighted critic loss), and a dict with
@@ -205,8 +200,9 @@ class SoundStorm(nn.Module):
                 codes = jax.lax.stop_gradient(self.codec.encode(jnp.asarray(codes, jnp.float32)))
         b, n, _ = codes.shape
         q_levels, groups = net.num_quantizers, net.grouped_quantizers
-        codes = jnp.asarray(codes, jnp.int32)
         mask = jnp.ones((b, n), bool) if mask is None else jnp.asarray(mask)
+        # Padded frames may hold any integer: read them as 0 so no lookup below goes out of range.
+        codes = jnp.where(mask[:, :, None], jnp.asarray(codes, jnp.int32), 0)
 
         keys = jax.random.split(self.make_rng("masking"), 6)
         draw = draw_training_mask(keys[0], mask, q_levels, groups, get_schedule(self.schedule))

@@ -33,27 +33,44 @@ from soundstorm_jax.model.layers import (
 )
 
 
-def resample_in_time(embeddings: jax.Array, valid: jax.Array, target_length: int) -> jax.Array:
+def resample_in_time(embeddings: jax.Array, valid: jax.Array, target_length: int,
+                     frames_per_token: float | None = None) -> jax.Array:
     """Linearly resample ``(b, m, d)`` embeddings to ``(b, target_length, d)``, padding excluded.
 
-    Uses PyTorch's ``interpolate(mode='linear', align_corners=False)`` sample
-    positions, so with no padding it equals the reference's resampling; padded
+    Output frame ``j`` reads position ``(j + 0.5) / frames_per_token - 0.5``
+    (PyTorch's ``interpolate(mode='linear', align_corners=False)`` positions),
+    clamped to ``[0, last]``, ``last`` an example's last valid input; padded
     inputs (``valid == False``) get zero weight and the remaining weights are
-    renormalised, so padding never blends into valid frames. Output frames that
-    only see padding are zero.
+    renormalised, so padding never blends into valid frames. An example's
+    ``L = last + 1`` inputs cover ``ceil(L * frames_per_token)`` frames; the
+    frames after them are zero.
+
+    ``frames_per_token`` None is ``target_length / m``: with no padding the
+    reference's resampling to ``target_length`` frames. Given (a fixed rate
+    ratio), an example's output depends only on its own inputs, never on how
+    much padding follows them.
     """
-    m = embeddings.shape[1]
-    if target_length == m:
-        return jnp.where(valid[..., None], embeddings, 0.0)
-    scale = m / target_length
-    src = jnp.maximum((jnp.arange(target_length, dtype=jnp.float32) + 0.5) * scale - 0.5, 0.0)
-    lo = jnp.minimum(jnp.floor(src).astype(jnp.int32), m - 1)
+    b, m, _ = embeddings.shape
+    rate = target_length / m if frames_per_token is None else float(frames_per_token)
+    if rate == 1.0:  # Frame j is input j: no weights to build.
+        keep = min(m, target_length)
+        x = jnp.where(valid[:, :keep, None], embeddings[:, :keep], 0.0)
+        return jnp.pad(x, ((0, 0), (0, target_length - keep), (0, 0)))
+    inputs = jnp.arange(m)
+    length = jnp.max(jnp.where(valid, inputs + 1, 0), axis=-1)                      # (b,) L: up to the last valid
+    src = (jnp.arange(target_length, dtype=jnp.float32) + 0.5) * (1.0 / rate) - 0.5  # (t,)
+    src = jnp.clip(src[None, :], 0.0, jnp.maximum(length - 1, 0)[:, None].astype(jnp.float32))  # (b, t)
+    lo = jnp.floor(src).astype(jnp.int32)
     hi = jnp.minimum(lo + 1, m - 1)
     w_hi = src - lo
-    weights = (jax.nn.one_hot(lo, m) * (1.0 - w_hi)[:, None] + jax.nn.one_hot(hi, m) * w_hi[:, None])  # (t, m)
-    weights = weights[None] * valid[:, None, :].astype(jnp.float32)  # (b, t, m)
+    weights = (jax.nn.one_hot(lo, m) * (1.0 - w_hi)[..., None] + jax.nn.one_hot(hi, m) * w_hi[..., None])  # (b, t, m)
+    weights = weights * valid[:, None, :].astype(jnp.float32)
     total = jnp.sum(weights, axis=-1, keepdims=True)
     weights = jnp.where(total > 0, weights / jnp.where(total > 0, total, 1.0), 0.0)
+    # Frames covered by L inputs, computed on the host exactly as semantic_frames does (float64 ceil).
+    covered_frames = jnp.asarray([semantic_frames(count, rate) for count in range(m + 1)], jnp.int32)   # (m + 1,)
+    covered = jnp.arange(target_length)[None, :] < covered_frames[length][:, None]                       # (b, t)
+    weights = jnp.where(covered[..., None], weights, 0.0)
     return jnp.einsum("btm,bmd->btd", weights.astype(embeddings.dtype), embeddings)
 
 
@@ -165,15 +182,15 @@ class ConformerWrapper(nn.Module):
     def semantic_condition(self, semantic_ids: jax.Array, num_frames: int) -> jax.Array:
         """Semantic ids ``(b, m)`` (pad = ``semantic_pad_id``) -> conditioning ``(b, num_frames, d)``.
 
-        Embeddings are resampled to the acoustic frame rate, padding excluded,
-        then cut or zero-padded to ``num_frames``.
+        Embeddings are resampled at ``acoustic_per_semantic`` frames per token,
+        padding excluded (:func:`resample_in_time`): an example's conditioning
+        depends on its own tokens only, not on how much padding the batch
+        gives it, and is zero after the ``semantic_frames(L, acoustic_per_semantic)``
+        frames its tokens (up to the last valid one, ``L``) cover.
         """
         valid = semantic_ids != self.semantic_pad_id
         x = self.semantic_embed(jnp.where(valid, semantic_ids, 0))
-        x = resample_in_time(x, valid, semantic_frames(semantic_ids.shape[1], self.acoustic_per_semantic))
-        if x.shape[1] >= num_frames:
-            return x[:, :num_frames]
-        return jnp.pad(x, ((0, 0), (0, num_frames - x.shape[1]), (0, 0)))
+        return resample_in_time(x, valid, num_frames, self.acoustic_per_semantic)
 
     # ---- trunk and heads ----------------------------------------------------------------------
 

@@ -17,24 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from soundstorm_jax import validation
+from soundstorm_jax.maskgit.masking import check_prefix_mask
+from soundstorm_jax.maskgit.schedules import get_schedule, resolve_steps
 from soundstorm_jax.model.wrapper import semantic_frames
-from soundstorm_jax.sampler.loop import DecodePlan, DecodeState, SamplingOptions, decode, pass_schedule
+from soundstorm_jax.sampler.loop import Decoder, DecodePlan, DecodeState, SamplingOptions, decode, pass_schedule
 
 DEFAULT_FRAME_BUCKET = 64
-
-
-def resolve_steps(steps, num_levels: int) -> tuple[int, ...]:
-    """An int (first level; one pass on every later level) or one count per level -> ``(Q,)``."""
-    if isinstance(steps, (tuple, list)):
-        steps = tuple(int(s) for s in steps)
-        if len(steps) != num_levels:
-            raise ValueError(f"steps has {len(steps)} entries, expected one per level ({num_levels})")
-        if min(steps) < 1:
-            raise ValueError(f"steps must all be positive, got {steps}")
-        return steps
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be a positive int or a tuple of per-level ints, got {steps!r}")
-    return (int(steps),) + (1,) * (num_levels - 1)
 
 
 def _frame_lengths(num_frames, batch_size, lengths, mask, semantic_ids, net):
@@ -65,6 +53,7 @@ def _frame_lengths(num_frames, batch_size, lengths, mask, semantic_ids, net):
             lengths = [min(num_frames, semantic_frames(int(c), net.acoustic_per_semantic)) for c in counts]
     if mask is not None:
         validation.check_mask(mask, (b, np.shape(mask)[1]))
+        check_prefix_mask(mask)
         num_frames = np.shape(mask)[1] if num_frames is None else num_frames
     if num_frames is None:
         raise ValueError("give num_frames (or seconds with a codec, semantic_ids, or a mask) to set the length")
@@ -108,35 +97,73 @@ def _prompt_tokens(prompt, b: int, valid: np.ndarray, net):
     if p > shortest:
         raise ValueError(f"prompt has {p} frames but the output has only {shortest} valid frames "
                          f"(num_frames={n}); the prompt must not be longer than the output")
-    validation.check_codes(prompt, codebook_size=net.codebook_size, num_columns=qp, name="prompt")
+    validation.check_codes(prompt, codebook_size=net.codebook_size, num_quantizers=qp, name="prompt")
     fixed[:, :p, :qp] = True
     return prompt.astype(np.int32), fixed
 
 
-def initial_plan_and_state(model, variables, options: SamplingOptions, level_steps, codes, valid, fixed, keys,
-                           semantic_ids, cond, scalars) -> tuple[DecodePlan, DecodeState]:
-    """The loop's read-only plan and its starting state (codes all [MASK] but the prompt)."""
+def model_functions(model, variables, valid, condition, guidance_scale=None, use_critic: bool = False):
+    """A ``SoundStorm`` as the sampler sees it: ``(logits_fn, critic_fn, initial carry)`` (see :mod:`.loop`).
+
+    valid ``(b, n)`` bool; condition ``(b, n, d)`` or None; ``guidance_scale``
+    a scalar for classifier-free guidance or None; ``critic_fn`` is None unless
+    ``use_critic``. With self-conditioning the carry is ``(source (b or 2b, n, d),
+    has_source ())``: the previous pass's head-output sum, absent before the first.
+    """
+    b, n = valid.shape
+
+    def apply(codes, valid, columns, condition, drop, carry):
+        source, has_source = (None, None) if carry is None else carry
+        logits, source = model.apply(variables, codes, valid, columns, condition, drop, source, has_source,
+                                     method=type(model).decode_logits)
+        return logits, None if carry is None else (source, jnp.ones((), bool))
+
+    def logits_fn(codes, columns, carry):
+        if guidance_scale is None:
+            return apply(codes, valid, columns, condition, None, carry)
+        # Conditional and unconditional halves in one batch; self-conditioning keeps both histories.
+        twice = lambda x: None if x is None else jnp.concatenate([x, x])
+        drop = jnp.concatenate([jnp.zeros((b,), bool), jnp.ones((b,), bool)])
+        logits, carry = apply(twice(codes), twice(valid), columns, twice(condition), drop, carry)
+        conditional, unconditional = logits[:b], logits[b:]
+        return unconditional + guidance_scale * (conditional - unconditional), carry
+
+    def critic_fn(codes, columns):
+        return model.apply(variables, codes, valid, columns, condition, method=type(model).critic_logits)
+
+    carry = None
+    if model.self_cond:
+        rows = b * (1 if guidance_scale is None else 2)
+        carry = (jnp.zeros((rows, n, model.net.dim), model.net.dtype), jnp.zeros((), bool))
+    return logits_fn, critic_fn if use_critic else None, carry
+
+
+def setup_decoding(model, variables, *, options: SamplingOptions, level_steps, use_guidance: bool, use_critic: bool,
+                   codes, valid, fixed, keys, semantic_ids, cond, scalars) -> tuple[Decoder, DecodePlan, DecodeState]:
+    """The loop's decoder, read-only plan and starting state (codes all [MASK] but the prompt)."""
     n = codes.shape[1]
     condition = None
     if semantic_ids is not None or cond is not None:
         condition = model.apply(variables, semantic_ids, cond, n, method=type(model).conditioning)
-    pass_level, pass_step, pass_total = pass_schedule(level_steps)
-    plan = DecodePlan(pass_level=pass_level, pass_step=pass_step, pass_total=pass_total, valid=valid, fixed=fixed,
-                      keys=keys, condition=condition, **scalars)
-    source = None
-    if model.self_cond:
-        rows = codes.shape[0] * (2 if options.use_guidance else 1)
-        source = jnp.zeros((rows, n, model.net.dim), model.net.dtype)
-    return plan, DecodeState(codes=codes, self_cond_source=source, has_source=jnp.zeros((), bool))
+    logits_fn, critic_fn, carry = model_functions(model, variables, valid, condition,
+                                                  scalars["guidance_scale"] if use_guidance else None, use_critic)
+    decoder = Decoder(logits_fn=logits_fn, mask_id=model.net.mask_id, schedule=get_schedule(model.schedule),
+                      options=options, critic_fn=critic_fn)
+    plan = DecodePlan(**pass_schedule(level_steps, model.net.grouped_quantizers), valid=valid, fixed=fixed, keys=keys,
+                      temperature=scalars["temperature"], choice_temperature=scalars["choice_temperature"],
+                      top_p=scalars["top_p"])
+    return decoder, plan, DecodeState(codes=codes, carry=carry)
 
 
-@partial(jax.jit, static_argnames=("model", "options", "level_steps", "pad_value"))
-def _program(model, options, level_steps, pad_value, variables, codes, valid, fixed, keys, semantic_ids, cond,
-             scalars):
+@partial(jax.jit, static_argnames=("model", "options", "level_steps", "use_guidance", "use_critic", "pad_value"))
+def _program(model, options, level_steps, use_guidance, use_critic, pad_value, variables, codes, valid, fixed, keys,
+             semantic_ids, cond, scalars):
     """The whole generation: conditioning, every pass, padding. One XLA program."""
-    plan, state = initial_plan_and_state(model, variables, options, level_steps, codes, valid, fixed, keys,
-                                         semantic_ids, cond, scalars)
-    codes = decode(model, variables, plan, options, state).codes
+    decoder, plan, state = setup_decoding(model, variables, options=options, level_steps=level_steps,
+                                          use_guidance=use_guidance, use_critic=use_critic, codes=codes, valid=valid,
+                                          fixed=fixed, keys=keys, semantic_ids=semantic_ids, cond=cond,
+                                          scalars=scalars)
+    codes = decode(decoder, plan, state).codes
     return jnp.where(valid[:, :, None], codes, pad_value)
 
 
@@ -148,8 +175,8 @@ def prepare_inputs(model, num_frames: int | None = None, *, key, batch_size: int
                    frame_bucket: int | None = DEFAULT_FRAME_BUCKET) -> dict:
     """Validate :func:`generate`'s arguments on the host and build the program's inputs.
 
-    Returns the keyword arguments of :func:`initial_plan_and_state` plus
-    ``num_frames`` (the requested length, before bucketing).
+    Returns the keyword arguments of :func:`setup_decoding` (after ``model`` and
+    ``variables``) plus ``num_frames`` (the requested length, before bucketing).
     """
     net = model.net
     if seconds is not None:
@@ -161,7 +188,7 @@ def prepare_inputs(model, num_frames: int | None = None, *, key, batch_size: int
         if not (np.isfinite(seconds) and seconds > 0):
             raise ValueError(f"seconds must be a positive number, got {seconds!r}")
         # As the seed: frames = seconds * sample rate // samples per frame.
-        num_frames = max(1, int(seconds * model.codec.target_sample_hz // model.codec.hop_length))
+        num_frames = max(1, int(seconds * model.codec.sample_rate // model.codec.hop_length))
     level_steps = resolve_steps(model.steps if steps is None else steps, net.num_quantizers)
     b, n, valid = _frame_lengths(num_frames, batch_size, lengths, mask, semantic_ids, net)
     prompt, fixed = _prompt_tokens(prompt, b, valid, net)
@@ -197,12 +224,12 @@ def prepare_inputs(model, num_frames: int | None = None, *, key, batch_size: int
     if cond is not None and np.ndim(cond) == 3:
         cond = jnp.pad(jnp.asarray(cond), ((0, 0), (0, pad), (0, 0)))
 
-    options = SamplingOptions(top_k=None if top_k is None else int(top_k), use_top_p=top_p is not None,
-                              use_guidance=guidance_scale is not None, use_critic=use_critic)
+    options = SamplingOptions(top_k=None if top_k is None else int(top_k), use_top_p=top_p is not None)
     scalars = {name: jnp.asarray(value, jnp.float32) for name, value in (
         ("temperature", temperature), ("choice_temperature", choice_temperature),
         ("top_p", 1.0 if top_p is None else top_p), ("guidance_scale", 1.0 if guidance_scale is None else guidance_scale))}
-    return dict(options=options, level_steps=level_steps, codes=jnp.asarray(codes), valid=jnp.asarray(valid),
+    return dict(options=options, level_steps=level_steps, use_guidance=guidance_scale is not None,
+                use_critic=use_critic, codes=jnp.asarray(codes), valid=jnp.asarray(valid),
                 fixed=jnp.asarray(fixed), keys=keys,
                 semantic_ids=None if semantic_ids is None else jnp.asarray(semantic_ids, jnp.int32), cond=cond,
                 scalars=scalars, num_frames=n)
@@ -230,16 +257,22 @@ def generate(model, variables, num_frames: int | None = None, *, pad_value: int 
       key: a PRNG key, or one key per example ``(b,)``; example ``i`` uses only
         its own key, so a batch decodes exactly like its examples one by one.
       batch_size, lengths, mask: batch size and per-example lengths (or a frame
-        mask, True = valid); padded frames come back as ``pad_value``.
+        mask, True = valid, valid frames first: a mask with left padding or
+        holes is a ``ValueError``); padded frames come back as ``pad_value``.
       prompt: acoustic prompt codes ``(b, P, Qp)`` or ``(P, Qp)`` for the first
         ``P`` frames and first ``Qp`` levels, kept bit for bit.
       semantic_ids: ``(b, m)`` conditioning tokens (pad = the net's
         ``semantic_pad_id``); their length sets ``num_frames`` when not given.
       cond: precomputed conditioning ``(b, n, d)`` or ``(b, d)``.
       steps: override the model's ``steps`` (int or one per level).
-      temperature: sampling temperature at a level's first step, annealed to 0.
-      top_k, top_p: filtering before sampling.
-      choice_temperature: Gumbel noise on the confidences (MaskGIT), annealed.
+      temperature: sampling temperature of a level's first pass; pass ``s`` of
+        ``S`` samples at ``temperature * (1 - s / (S - 1))``, so the last pass
+        is greedy, and a one-pass level is greedy.
+      top_k, top_p: filtering before sampling: exactly the ``k`` most likely
+        tokens (ties broken towards the lower id); the smallest set of most
+        likely tokens whose mass reaches ``top_p`` (``top_p=1`` keeps all).
+      choice_temperature: scale of the Gumbel noise on the confidences
+        (MaskGIT), annealed like ``temperature``.
       guidance_scale: classifier-free guidance; needs a model trained with
         ``cond_drop_prob > 0`` and some conditioning. 1 = conditional only.
       use_critic: rank by the token critic (default: when the model has one).
@@ -265,7 +298,7 @@ def generate(model, variables, num_frames: int | None = None, *, pad_value: int 
     lengths = np.asarray(inputs["valid"])[:, :n].sum(axis=1) * model.codec.hop_length
     waveforms = [audio[i, :length] for i, length in enumerate(lengths)]
     if output_dir is not None:
-        waveforms = write_waveforms(waveforms, output_dir, model.codec.target_sample_hz, prefix=file_prefix)
+        waveforms = write_waveforms(waveforms, output_dir, model.codec.sample_rate, prefix=file_prefix)
     return (waveforms, codes) if return_codes else waveforms
 
 

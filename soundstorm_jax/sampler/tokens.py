@@ -13,23 +13,30 @@ NEG_INF = -1e30  # finite, so that (logits + noise) arithmetic never makes NaNs
 
 
 def top_k_filter(logits: jax.Array, k: int | None) -> jax.Array:
-    """Keep the ``k`` largest logits of the last axis, set the rest to -inf-like."""
+    """Keep exactly the ``k`` largest logits of the last axis, set the rest to -inf-like.
+
+    Ties at the k-th largest value are broken towards the lower token id (the
+    tokens ``lax.top_k`` returns), so exactly ``k`` tokens survive.
+    """
     if k is None or k >= logits.shape[-1]:
         return logits
-    kth = jax.lax.top_k(logits, k)[0][..., -1:]
-    return jnp.where(logits >= kth, logits, NEG_INF)
+    _, kept_ids = jax.lax.top_k(logits, k)
+    keep = jnp.put_along_axis(jnp.zeros(logits.shape, bool), kept_ids, True, axis=-1, inplace=False)
+    return jnp.where(keep, logits, NEG_INF)
 
 
 def top_p_filter(logits: jax.Array, p) -> jax.Array:
-    """Nucleus filtering: keep the smallest set of tokens whose probability reaches ``p``.
+    """Nucleus filtering: keep the smallest set of most likely tokens whose probability reaches ``p``.
 
-    The most likely token is always kept, so ``p`` only needs to lie in (0, 1].
+    The most likely token is always kept, so ``p`` only needs to lie in (0, 1];
+    ``p >= 1`` keeps every token (the fp32 cumulative mass can reach 1 before
+    the tail does). Tokens tied with the least likely kept one are kept too.
     """
     sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
     probs = jax.nn.softmax(sorted_logits, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
     # The smallest kept logit: the last one whose preceding mass is still below p.
-    keep = mass_before < p
+    keep = (mass_before < p) | (p >= 1.0)
     threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
     return jnp.where(logits >= threshold, logits, NEG_INF)
 
