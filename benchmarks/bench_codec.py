@@ -64,7 +64,7 @@ def test_audio(batch: int, samples: int) -> np.ndarray:
 
 
 def bench(name, codec, args) -> dict:
-    rate = int(codec.target_sample_hz)
+    rate = int(codec.sample_rate)
     samples = int(round(args.seconds * rate))
     audio = test_audio(args.batch, samples)
     audio_seconds = args.batch * samples / rate

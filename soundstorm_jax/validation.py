@@ -1,8 +1,11 @@
 """Host-side checks of user inputs, run before anything is traced or compiled.
 
+One module for every entry point: the SoundStorm objective and sampler (codes,
+masks, conditioning) and the codecs (audio, sample rate, codes, trim length).
 Shapes and dtypes are checked always (also while tracing, which happens before
 compilation); values are checked whenever the array is concrete, i.e. on every
-eager call and on every batch a trainer validates before its jitted step.
+eager call, every call through a host-side codec (``SoundStreamCodec``,
+``EnCodecCodec``) and every batch a trainer validates before its jitted step.
 Every error names the argument and what was expected.
 """
 from __future__ import annotations
@@ -12,6 +15,7 @@ import numpy as np
 
 
 def is_concrete(x) -> bool:
+    """True unless ``x`` is a tracer (inside ``jit``/``grad``), i.e. when its values can be read."""
     return not isinstance(x, jax.core.Tracer)
 
 
@@ -20,14 +24,64 @@ def is_floating(x) -> bool:
 
 
 def _dtype(x) -> np.dtype:
-    return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+    dtype = getattr(x, "dtype", None)
+    return np.dtype(dtype if dtype is not None else np.asarray(x).dtype)
 
 
-def check_codes(codes, *, codebook_size: int, num_columns: int, mask=None, allow_mask_id: bool = False,
-                name: str = "codes") -> None:
-    """codes ``(b, n, c)`` integer, ``c == num_columns``, values in ``[0, codebook_size)`` on valid frames.
+def check_audio(audio, name: str = "audio") -> None:
+    """audio ``(b, samples)`` floating point, at least one example and one sample, finite."""
+    shape = tuple(np.shape(audio))
+    if len(shape) != 2:
+        hint = "; for a single clip pass audio[None]" if len(shape) == 1 else ""
+        raise ValueError(f"{name} must have shape (batch, samples), got shape {shape}{hint}")
+    if not is_floating(audio):
+        raise ValueError(f"{name} must be floating point in [-1, 1], got dtype {_dtype(audio)}; "
+                         f"convert integer PCM first, e.g. pcm.astype(np.float32) / 32768")
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"{name} must have at least one example and one sample, got shape {shape}")
+    if is_concrete(audio):
+        values = np.asarray(audio)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{name} must be finite; found {values[where]} at (batch, sample) {where}")
 
-    ``allow_mask_id`` admits ``codebook_size`` ([MASK]) as a value.
+
+def check_sample_rate(sample_rate, expected: int, name: str = "sample_rate") -> None:
+    """A given sample rate (None: not given) must equal the codec's ``expected`` one."""
+    if sample_rate is not None and int(sample_rate) != int(expected):
+        raise ValueError(f"{name}={sample_rate} Hz differs from the codec's sample rate, {expected} Hz; "
+                         f"resample the audio to {expected} Hz first (e.g. with soundfile + scipy.signal."
+                         f"resample_poly(audio, {expected}, {sample_rate}, axis=-1))")
+
+
+def check_num_levels(num_levels, max_levels: int, name: str = "num_levels") -> None:
+    """Levels per group to encode (None: the codec's default): an int in ``[1, max_levels]``."""
+    if num_levels is None:
+        return
+    if isinstance(num_levels, bool) or not isinstance(num_levels, (int, np.integer)) or not (
+            1 <= num_levels <= max_levels):
+        raise ValueError(f"{name} must be in [1, {max_levels}], got {num_levels!r}")
+
+
+def check_length(length, max_length: int, name: str = "length") -> None:
+    """Trim length (None: keep all): a positive int not above the decoded length ``max_length``."""
+    if length is None:
+        return
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)):
+        raise ValueError(f"{name} must be a Python int (samples to keep), got {type(length).__name__}")
+    if not 0 < length <= max_length:
+        raise ValueError(f"{name} must be in [1, {max_length}] (frames * hop_length), got {length}")
+
+
+def check_codes(codes, *, codebook_size: int, num_quantizers: int, grouped_quantizers: int = 1,
+                fewer_levels: bool = False, mask=None, allow_mask_id: bool = False, name: str = "codes") -> None:
+    """codes ``(b, n, G * q)`` integer, group-major (column ``g * q + level``), values in ``[0, codebook_size)``.
+
+    ``q == num_quantizers`` (the columns a network reads), or with ``fewer_levels``
+    ``1 <= q <= num_quantizers`` (a codec decodes the first levels of each group).
+    ``mask`` ``(b, n)`` bool: values are checked on valid frames only (padding may
+    hold anything). ``allow_mask_id`` admits ``codebook_size`` ([MASK]) as a value.
     """
     shape = tuple(np.shape(codes))
     if len(shape) != 3:
@@ -35,11 +89,18 @@ def check_codes(codes, *, codebook_size: int, num_columns: int, mask=None, allow
     if not np.issubdtype(_dtype(codes), np.integer):
         raise ValueError(f"{name} must be integer code ids, got dtype {_dtype(codes)}")
     b, n, c = shape
-    if c != num_columns:
-        raise ValueError(f"{name} has {c} levels in its last axis, expected {num_columns} "
-                         f"(num_quantizers * grouped_quantizers)")
-    if b == 0 or n == 0:
-        raise ValueError(f"{name} must have at least one example and one frame, got shape {shape}")
+    if b == 0 or n == 0 or c == 0:
+        raise ValueError(f"{name} must have at least one example, frame and level, got shape {shape}")
+    groups, columns = grouped_quantizers, num_quantizers * grouped_quantizers
+    if not fewer_levels and c != columns:
+        raise ValueError(f"{name} has {c} levels in its last axis, expected {columns} "
+                         f"(num_quantizers={num_quantizers} x grouped_quantizers={groups})")
+    if c % groups:
+        raise ValueError(f"{name} has {c} columns in its last axis, expected a multiple of groups={groups} "
+                         f"(layout group-major, groups * levels)")
+    if c // groups > num_quantizers:
+        raise ValueError(f"{name} has too many levels: {c} columns = {c // groups} levels x {groups} groups, "
+                         f"expected at most {num_quantizers} levels ({columns} columns)")
     if mask is not None:
         check_mask(mask, (b, n))
     if is_concrete(codes) and (mask is None or is_concrete(mask)):
@@ -49,7 +110,8 @@ def check_codes(codes, *, codebook_size: int, num_columns: int, mask=None, allow
         bad = valid[:, :, None] & ((values < 0) | (values >= upper))
         if bad.any():
             where = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(f"{name} must lie in [0, {upper}) on valid frames; found {int(values[where])} "
+            on_valid = "" if mask is None else " on valid frames"
+            raise ValueError(f"{name} must lie in [0, {upper}){on_valid}; found {int(values[where])} "
                              f"at (batch, frame, level) {where}")
 
 

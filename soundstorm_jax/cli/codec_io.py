@@ -65,14 +65,14 @@ def run_encode(args, out, extra):
         raise CliError(f"--num-levels must lie in [1, {codec.num_quantizers}], got {args.num_levels}")
     written, shapes = [], []
     for path in out.progress(args.audio, desc="encode", unit="file"):
-        audio = read_audio(path, codec.target_sample_hz, resample=args.resample)
-        codes = np.asarray(codec.encode(audio[None], sample_rate=codec.target_sample_hz,
+        audio = read_audio(path, codec.sample_rate, resample=args.resample)
+        codes = np.asarray(codec.encode(audio[None], sample_rate=codec.sample_rate,
                                         num_levels=args.num_levels))[0]
         target = _out_path(path, args.out, ".npy")
         np.save(target, codes.astype(codes_dtype(codec.codebook_size)))
         written.append(target)
         shapes.append(list(codes.shape))
-    record = dict(command="encode", files=written, shapes=shapes, sample_rate=codec.target_sample_hz,
+    record = dict(command="encode", files=written, shapes=shapes, sample_rate=codec.sample_rate,
                   hop_length=codec.hop_length)
     out.result(record, written)
     return 0
@@ -101,7 +101,7 @@ def run_decode(args, out, extra):
         if args.length is not None:
             length = min(args.length, codes.shape[0] * codec.hop_length)
         audio = np.asarray(codec.decode(codes[None].astype(np.int32), length))[0]
-        written.append(write_wav(_out_path(path, args.out, ".wav"), audio, codec.target_sample_hz))
-    record = dict(command="decode", files=written, sample_rate=codec.target_sample_hz)
+        written.append(write_wav(_out_path(path, args.out, ".wav"), audio, codec.sample_rate))
+    record = dict(command="decode", files=written, sample_rate=codec.sample_rate)
     out.result(record, written)
     return 0

@@ -57,10 +57,10 @@ def run(args, out, extra):
     codec = load_codec_from_args(args)
     sample_rate = args.sample_rate
     if codec is not None:
-        if sample_rate is not None and sample_rate != codec.target_sample_hz:
-            raise CliError(f"--sample-rate {sample_rate} differs from the codec's {codec.target_sample_hz} Hz; "
+        if sample_rate is not None and sample_rate != codec.sample_rate:
+            raise CliError(f"--sample-rate {sample_rate} differs from the codec's {codec.sample_rate} Hz; "
                            f"leave it out to use the codec's rate")
-        sample_rate = codec.target_sample_hz
+        sample_rate = codec.sample_rate
 
     if out.quiet or out.as_json:
         import tensorflow_datasets as tfds
@@ -94,7 +94,7 @@ def run(args, out, extra):
         codes_dir = os.path.join(args.out, "codes")
         out.info(f"encoding with the codec ({codec.num_quantizers} levels x {codec.codebook_size} codes) ...")
         metadata = dict(builder.info.metadata or {})
-        metadata.update(sample_rate=codec.target_sample_hz, frame_rate=codec.frame_rate, hop_length=codec.hop_length)
+        metadata.update(sample_rate=codec.sample_rate, frame_rate=codec.frame_rate, hop_length=codec.hop_length)
         codes = prepare_codes_dataset(codes_dir, audio_source=builder, encode_fn=codec.encode,
                                       samples_per_frame=codec.hop_length, num_levels=codec.num_quantizers,
                                       codebook_size=codec.codebook_size,

@@ -16,7 +16,8 @@ made by ``encodec_import.import_encodec_state_dict`` from a PyTorch state dict. 
 default fields are the ``encodec`` package's 24 kHz model (causal, reflect padding,
 weight norm folded in at import, 2-layer LSTMs, no input renormalisation, no
 segmenting). Two ways in, as for ``SoundStream``: the Linen methods through
-``model.apply``, or ``EnCodecCodec(model, variables)`` with host-side checks and jit.
+``model.apply``, or ``EnCodecCodec(model, variables)`` with host-side checks and jit;
+both implement ``interface.Codec``.
 """
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from soundstorm_jax.codec import checks
+from soundstorm_jax import validation
 from soundstorm_jax.codec.encodec_layers import SEANetDecoder, SEANetEncoder
+from soundstorm_jax.codec.host_codec import HostCodec
 
 
 class EnCodec(nn.Module):
@@ -65,7 +66,12 @@ class EnCodec(nn.Module):
     target_bandwidths: Sequence[float] = (1.5, 3.0, 6.0, 12.0, 24.0)
     bandwidth: float = 6.0
 
-    # ---- static facts -------------------------------------------------------------------------------------
+    # ---- static facts (the ``Codec`` properties) -------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        """Hz of the audio, ``target_sample_hz``."""
+        return self.target_sample_hz
+
     @property
     def hop_length(self) -> int:
         """Audio samples per code frame."""
@@ -98,6 +104,11 @@ class EnCodec(nn.Module):
         """Levels ``encode`` emits at ``bandwidth``."""
         return self.levels_for_bandwidth(self.bandwidth)
 
+    @property
+    def grouped_quantizers(self) -> int:
+        """EnCodec's residual VQ has one group."""
+        return 1
+
     def num_frames(self, num_samples: int) -> int:
         """Frames for audio of ``num_samples`` samples."""
         return -(-int(num_samples) // self.hop_length)
@@ -117,7 +128,7 @@ class EnCodec(nn.Module):
     # ---- latents ------------------------------------------------------------------------------------------
     def encode_latents(self, audio: jax.Array) -> jax.Array:
         """audio ``(b t)`` -> latents ``(b ceil(t/hop) dimension)`` float32 (the encoder pads by reflection)."""
-        checks.check_audio(audio)
+        validation.check_audio(audio)
         return self.encoder(audio.astype(jnp.float32)[..., None])
 
     def decode_latents(self, latents: jax.Array) -> jax.Array:
@@ -146,17 +157,18 @@ class EnCodec(nn.Module):
         return out
 
     # ---- public API -----------------------------------------------------------------------------------------
-    def encode(self, audio: jax.Array, num_levels: int | None = None) -> jax.Array:
-        """audio ``(b t)`` -> codes ``(b ceil(t/hop) q)`` int32, ``q = num_levels or num_quantizers``."""
-        levels = self.num_quantizers if num_levels is None else num_levels
-        if not 1 <= levels <= self.max_quantizers:
-            raise ValueError(f"num_levels must be in [1, {self.max_quantizers}], got {levels}")
-        return self.quantize(self.encode_latents(audio), levels)
+    def encode(self, audio: jax.Array, sample_rate: int | None = None, num_levels: int | None = None) -> jax.Array:
+        """audio ``(b t)`` -> codes ``(b ceil(t/hop) q)`` int32, ``q = num_levels or num_quantizers``;
+        ``sample_rate`` (optional) is refused unless it is ``target_sample_hz``."""
+        validation.check_sample_rate(sample_rate, self.sample_rate)
+        validation.check_num_levels(num_levels, self.max_quantizers)
+        return self.quantize(self.encode_latents(audio), self.num_quantizers if num_levels is None else num_levels)
 
     def decode(self, codes: jax.Array, length: int | None = None) -> jax.Array:
         """codes ``(b n q)``, ``q <= max_quantizers`` -> audio ``(b n*hop)``, or ``(b length)`` when given."""
-        checks.check_codes(codes, codebook_size=self.codebook_size, num_quantizers=self.max_quantizers, groups=1)
-        checks.check_length(length, codes.shape[1] * self.hop_length)
+        validation.check_codes(codes, codebook_size=self.codebook_size, num_quantizers=self.max_quantizers,
+                               fewer_levels=True)
+        validation.check_length(length, codes.shape[1] * self.hop_length)
         audio = self.decode_latents(self.dequantize(codes))
         return audio if length is None else audio[:, :length]
 
@@ -165,47 +177,20 @@ class EnCodec(nn.Module):
         return self.decode(self.encode(audio), length=audio.shape[1])
 
 
-class EnCodecCodec:
-    """An EnCodec bound to its variables, with jitted, host-validated encode/decode (as ``SoundStreamCodec``).
+class EnCodecCodec(HostCodec):
+    """An EnCodec bound to its variables, with jitted, host-validated ``encode``/``decode`` (see ``HostCodec``).
 
-    ``codec = EnCodecCodec(EnCodec(bandwidth=6.0), variables)``; ``codec.encode(audio (b t), sample_rate=None)``
-    -> codes ``(b n q)`` int32 with ``q = num_quantizers``; ``codec.decode(codes, length=None)`` -> audio
-    ``(b n*hop)`` or ``(b length)``. ``codec.with_bandwidth(24.0)`` gives the same weights at another bandwidth.
-    Each new input shape compiles once; ``compiler_options`` go to ``jax.jit``.
+    ``codec = EnCodecCodec(EnCodec(bandwidth=6.0), variables)``: ``encode`` emits ``num_quantizers`` levels
+    (those of ``bandwidth``), ``decode`` takes up to ``max_quantizers``. ``codec.with_bandwidth(24.0)`` gives
+    the same weights at another bandwidth.
     """
 
     def __init__(self, model: EnCodec, variables, compiler_options: dict | None = None):
         model.levels_for_bandwidth(model.bandwidth)  # a bad bandwidth fails here, not at the first call
-        self.model = model
-        self.variables = {'params': variables['params']}
-        self.compiler_options = compiler_options
-        self._encode = jax.jit(lambda v, a, nl: model.apply(v, a, nl, method=EnCodec.encode), static_argnums=2,
-                               compiler_options=compiler_options)
-        self._decode = jax.jit(lambda v, c: model.apply(v, c, method=EnCodec.decode),
-                               compiler_options=compiler_options)
+        super().__init__(model, variables, compiler_options)
 
-    target_sample_hz = property(lambda self: self.model.target_sample_hz)
-    hop_length = property(lambda self: self.model.hop_length)
-    frame_rate = property(lambda self: self.model.frame_rate)
-    num_quantizers = property(lambda self: self.model.num_quantizers)
-    max_quantizers = property(lambda self: self.model.max_quantizers)
-    codebook_size = property(lambda self: self.model.codebook_size)
     bandwidth = property(lambda self: self.model.bandwidth)
-    groups = property(lambda self: 1)
 
     def with_bandwidth(self, bandwidth: float) -> EnCodecCodec:
         """The same weights emitting the levels of ``bandwidth`` kbps (one of the model's target bandwidths)."""
         return EnCodecCodec(self.model.clone(bandwidth=bandwidth), self.variables, self.compiler_options)
-
-    def encode(self, audio, sample_rate: int | None = None, num_levels: int | None = None) -> jax.Array:
-        checks.check_audio(audio)
-        checks.check_sample_rate(sample_rate, self.target_sample_hz)
-        if num_levels is not None and not 1 <= num_levels <= self.max_quantizers:
-            raise ValueError(f"num_levels must be in [1, {self.max_quantizers}], got {num_levels}")
-        return self._encode(self.variables, jnp.asarray(audio, jnp.float32), num_levels)
-
-    def decode(self, codes, length: int | None = None) -> jax.Array:
-        checks.check_codes(codes, codebook_size=self.codebook_size, num_quantizers=self.max_quantizers, groups=1)
-        checks.check_length(length, np.shape(codes)[1] * self.hop_length)
-        audio = self._decode(self.variables, jnp.asarray(codes, jnp.int32))
-        return audio if length is None else audio[:, :length]

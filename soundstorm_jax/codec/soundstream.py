@@ -12,7 +12,9 @@ Two ways in:
   * the Linen methods ``encode``/``decode``/``__call__`` via ``model.apply`` (shape
     checks at trace time; value checks when the inputs are concrete);
   * ``SoundStreamCodec(model, variables)``: jitted ``encode``/``decode`` with all
-    checks done on the host first; the object to hand to SoundStorm.
+    checks done on the host first (``host_codec.HostCodec``).
+
+Both implement ``interface.Codec``.
 """
 from __future__ import annotations
 
@@ -23,10 +25,10 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from soundstorm_jax.codec import checks
+from soundstorm_jax import validation
 from soundstorm_jax.codec.conv_layers import Conv1d, DecoderBlock, EncoderBlock
+from soundstorm_jax.codec.host_codec import HostCodec
 from soundstorm_jax.codec.local_attention import LocalTransformer
 from soundstorm_jax.codec.residual_vq import GroupedResidualVQ
 
@@ -84,7 +86,12 @@ class SoundStream(nn.Module):
     quantizer_dropout_per_example: bool = True
     dtype: Dtype = jnp.float32
 
-    # ---- static facts -------------------------------------------------------------------------------------
+    # ---- static facts (the ``Codec`` properties) -------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        """Hz of the audio, ``target_sample_hz``."""
+        return self.target_sample_hz
+
     @property
     def hop_length(self) -> int:
         """Audio samples per code frame."""
@@ -99,6 +106,16 @@ class SoundStream(nn.Module):
     def num_quantizers(self) -> int:
         """Residual levels per group ``Q``."""
         return self.rq_num_quantizers
+
+    @property
+    def max_quantizers(self) -> int:
+        """Levels per group ``decode`` accepts: all ``Q`` (fewer decode a lower bitrate)."""
+        return self.rq_num_quantizers
+
+    @property
+    def grouped_quantizers(self) -> int:
+        """Groups ``G`` of the grouped residual VQ, ``rq_groups``."""
+        return self.rq_groups
 
     @property
     def num_code_columns(self) -> int:
@@ -141,7 +158,7 @@ class SoundStream(nn.Module):
     # ---- latents ------------------------------------------------------------------------------------------
     def encode_latents(self, audio: jax.Array) -> jax.Array:
         """audio ``(b t)`` -> latents ``(b n dim)`` float32, ``n = ceil(t / hop)`` (audio zero-padded)."""
-        checks.check_audio(audio)
+        validation.check_audio(audio)
         t = audio.shape[1]
         pad = self.num_frames(t) * self.hop_length - t
         x = jnp.pad(audio.astype(self.dtype), ((0, 0), (0, pad)))[..., None]
@@ -164,17 +181,18 @@ class SoundStream(nn.Module):
         return self.dec_out(nn.elu(x))[..., 0].astype(jnp.float32)
 
     # ---- public API -----------------------------------------------------------------------------------------
-    def encode(self, audio: jax.Array, num_levels: int | None = None) -> jax.Array:
-        """audio ``(b t)`` -> codes ``(b n (g q))`` int32; ``num_levels`` keeps the first levels per group."""
-        if num_levels is not None and not 1 <= num_levels <= self.rq_num_quantizers:
-            raise ValueError(f"num_levels must be in [1, {self.rq_num_quantizers}], got {num_levels}")
+    def encode(self, audio: jax.Array, sample_rate: int | None = None, num_levels: int | None = None) -> jax.Array:
+        """audio ``(b t)`` -> codes ``(b n (g q))`` int32; ``num_levels`` keeps the first levels per group;
+        ``sample_rate`` (optional) is refused unless it is ``target_sample_hz``."""
+        validation.check_sample_rate(sample_rate, self.sample_rate)
+        validation.check_num_levels(num_levels, self.max_quantizers)
         return self.quantizer.embeddings_to_codes(self.encode_latents(audio), num_levels)
 
     def decode(self, codes: jax.Array, length: int | None = None) -> jax.Array:
         """codes ``(b n (g q'))``, ``q' <= Q`` -> audio ``(b n*hop)``, or ``(b length)`` when given."""
-        checks.check_codes(codes, codebook_size=self.codebook_size, num_quantizers=self.rq_num_quantizers,
-                           groups=self.rq_groups)
-        checks.check_length(length, codes.shape[1] * self.hop_length)
+        validation.check_codes(codes, codebook_size=self.codebook_size, num_quantizers=self.max_quantizers,
+                               grouped_quantizers=self.grouped_quantizers, fewer_levels=True)
+        validation.check_length(length, codes.shape[1] * self.hop_length)
         audio = self.decode_latents(self.quantizer.codes_to_embeddings(codes))
         return audio if length is None else audio[:, :length]
 
@@ -190,40 +208,8 @@ class SoundStream(nn.Module):
         return SoundStreamOutput(recon, q.codes, q.commit_loss, q.num_levels)
 
 
-class SoundStreamCodec:
-    """A trained SoundStream bound to its variables, with jitted, host-validated encode/decode.
+class SoundStreamCodec(HostCodec):
+    """A trained SoundStream bound to its variables (``params`` and the EMA codebooks ``vq_stats``), with
+    jitted, host-validated ``encode``/``decode`` (see ``HostCodec``): ``SoundStreamCodec(model, variables)``."""
 
-    ``codec = SoundStreamCodec(model, variables)``; ``codec.encode(audio (b t), sample_rate=None)`` ->
-    codes ``(b n (g q))`` int32; ``codec.decode(codes, length=None)`` -> audio ``(b n*hop)`` or ``(b length)``.
-    Each new input shape compiles once. ``compiler_options`` go to ``jax.jit`` (e.g.
-    ``{'xla_backend_optimization_level': 0}`` trades run time for compile time in tests).
-    """
-
-    def __init__(self, model: SoundStream, variables, compiler_options: dict | None = None):
-        self.model = model
-        self.variables = {k: v for k, v in variables.items() if k in ('params', 'vq_stats')}
-        self._encode = jax.jit(lambda v, a, nl: model.apply(v, a, nl, method=SoundStream.encode), static_argnums=2,
-                               compiler_options=compiler_options)
-        self._decode = jax.jit(lambda v, c: model.apply(v, c, method=SoundStream.decode),
-                               compiler_options=compiler_options)
-
-    target_sample_hz = property(lambda self: self.model.target_sample_hz)
-    hop_length = property(lambda self: self.model.hop_length)
-    frame_rate = property(lambda self: self.model.frame_rate)
-    num_quantizers = property(lambda self: self.model.num_quantizers)
-    codebook_size = property(lambda self: self.model.codebook_size)
-    groups = property(lambda self: self.model.rq_groups)
-
-    def encode(self, audio, sample_rate: int | None = None, num_levels: int | None = None) -> jax.Array:
-        checks.check_audio(audio)
-        checks.check_sample_rate(sample_rate, self.target_sample_hz)
-        if num_levels is not None and not 1 <= num_levels <= self.num_quantizers:
-            raise ValueError(f"num_levels must be in [1, {self.num_quantizers}], got {num_levels}")
-        return self._encode(self.variables, jnp.asarray(audio, jnp.float32), num_levels)
-
-    def decode(self, codes, length: int | None = None) -> jax.Array:
-        checks.check_codes(codes, codebook_size=self.codebook_size, num_quantizers=self.num_quantizers,
-                           groups=self.groups)
-        checks.check_length(length, np.shape(codes)[1] * self.hop_length)
-        audio = self._decode(self.variables, jnp.asarray(codes, jnp.int32))
-        return audio if length is None else audio[:, :length]
+    collections = ("params", "vq_stats")

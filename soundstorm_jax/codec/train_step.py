@@ -159,7 +159,7 @@ def codec_losses(config: CodecTrainConfig, params, vq_stats, audio: jax.Array, r
         fm = losses.feature_matching_loss([r for _, r in real_scores], [f for _, f in fake_scores_g])
     else:  # Reconstruction-only training: the discriminators are neither run nor updated.
         d_loss = adv = fm = jnp.zeros((), jnp.float32)
-    mel = losses.multiscale_mel_loss(audio, fake, gen.target_sample_hz, config.mel_scales, config.mel_bins)
+    mel = losses.multiscale_mel_loss(audio, fake, gen.sample_rate, config.mel_scales, config.mel_bins)
     g_loss = (config.mel_weight * mel + config.commitment_weight * out.commit_loss
               + adversarial_on * (config.adversarial_weight * adv + config.feature_matching_weight * fm))
     metrics = {'generator_loss': g_loss, 'discriminator_loss': d_loss, 'mel_loss': mel,
@@ -188,7 +188,7 @@ def codec_eval_step(state: CodecTrainState, audio: jax.Array) -> dict:
     """Read-only reconstruction metrics with all levels: audio ``(b t)`` -> ``{'mel_loss', 'waveform_l1'}``."""
     cfg = state.config
     out = cfg.codec.apply({'params': state.params['generator'], 'vq_stats': state.vq_stats}, audio, train=False)
-    return {'mel_loss': losses.multiscale_mel_loss(audio, out.audio, cfg.codec.target_sample_hz, cfg.mel_scales,
+    return {'mel_loss': losses.multiscale_mel_loss(audio, out.audio, cfg.codec.sample_rate, cfg.mel_scales,
                                                    cfg.mel_bins),
             'waveform_l1': jnp.mean(jnp.abs(audio - out.audio))}
 

@@ -1,7 +1,7 @@
 """The data layer: TFDS builders (ArrayRecord, no TensorFlow), the grain input
 pipeline, and the embedded eSpeak NG speech corpus. See each module's docstring.
 
-  audio_io       decode/validate/resample audio files -> int16
+  audio_io       read (decode/validate/resample) and write audio files
   audio_folder   AudioFolder: a folder of audio files as a TFDS dataset
   codes_dataset  CodesDataset: codec codes (+ semantic ids) from .npy or an encoder
   pipeline       grain: crops, padding, masks, per-host shards, checkpointable iterator
@@ -11,7 +11,7 @@ pipeline, and the embedded eSpeak NG speech corpus. See each module's docstring.
   espeak_corpus  the embedded corpus (tiny / small), prepared through AudioFolder
 """
 from soundstorm_jax.data.audio_folder import AudioFolder, find_audio_files, open_prepared, prepare_audio_folder
-from soundstorm_jax.data.audio_io import AudioError, load_audio, resample
+from soundstorm_jax.data.audio_io import AudioError, SampleRateError, read_audio, resample
 from soundstorm_jax.data.codes_dataset import CodesDataset, CodesError, prepare_codes_dataset, validate_codes
 from soundstorm_jax.data.espeak_corpus import (SIZES, CorpusSize, build_corpus_folder, default_cache_dir,
                                                prepare_corpus, speakers, utterances)

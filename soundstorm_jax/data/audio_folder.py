@@ -223,7 +223,7 @@ class AudioFolder(tfds.core.GeneratorBasedBuilder):
         if self._sample_rate is None:
             # The first file fixes the rate (an unreadable one raises, naming it);
             # any other rate is refused.
-            self._sample_rate = audio_io.load_audio(files[0].path)[1]
+            self._sample_rate = audio_io.read_audio(files[0].path)[1]
             self._allow_resample = False
         self.info.metadata["sample_rate"] = self._sample_rate
         splits = split_files(files, self._audio_dir,
@@ -235,7 +235,7 @@ class AudioFolder(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, files: list[AudioFile]) -> Iterator[tuple[str, dict]]:
         for f in files:
             try:
-                audio, rate = audio_io.load_audio(f.path, self._sample_rate,
+                audio, rate = audio_io.read_audio(f.path, self._sample_rate, dtype=np.int16,
                                                   allow_resample=self._allow_resample)
                 semantic = (load_semantic_ids(f.semantic_path) if f.semantic_path
                             else np.zeros((0,), np.int32))

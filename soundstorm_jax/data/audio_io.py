@@ -1,16 +1,16 @@
-"""Reading audio files into validated int16 waveforms.
+"""Reading and writing audio files: the one reader behind the datasets and the command line.
 
-Everything the datasets store goes through `load_audio`: decode with
+Every audio file the package reads goes through `read_audio`: decode with
 `soundfile` (WAV, FLAC, OGG/Vorbis, ...), mix down to mono, check the samples
-are finite, resample to the dataset's rate when asked, and quantise to int16.
-Every failure raises `AudioError` naming the file, so a bad file in a folder
-of thousands is found at once.
+are finite, resample to the caller's rate when asked, and return float32 in
+[-1, 1] or int16 (what the datasets store). Every failure raises `AudioError`
+naming the file, so a bad file in a folder of thousands is found at once.
 """
 from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import soundfile
@@ -21,6 +21,18 @@ INT16_SCALE = 32767.0
 
 class AudioError(ValueError):
     """A file that cannot become a training waveform; the message names it."""
+
+
+class SampleRateError(AudioError):
+    """A file at another rate than the one needed, with resampling not allowed.
+
+    ``rate`` is the file's rate and ``target_rate`` the one asked for, so a caller
+    can say how to fix it in its own terms (the command line names its flag).
+    """
+
+    def __init__(self, message: str, rate: int, target_rate: int):
+        super().__init__(message)
+        self.rate, self.target_rate = rate, target_rate
 
 
 def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
@@ -87,27 +99,34 @@ def write_waveforms(waveforms, out_dir: str | os.PathLike, sample_rate: int, *,
             for i, w in enumerate(waveforms)]
 
 
-def load_audio(
+def read_audio(
     path: str | os.PathLike,
     target_sample_rate: Optional[int] = None,
     *,
     allow_resample: bool = True,
+    dtype=np.float32,
+    on_resample: Optional[Callable[[int], None]] = None,
 ) -> tuple[np.ndarray, int]:
-    """Reads one audio file as a mono int16 waveform.
+    """Reads one audio file as a mono waveform.
 
     Args:
       path: an audio file soundfile can decode.
       target_sample_rate: the rate the caller needs; None keeps the file's own.
       allow_resample: when the file's rate differs from `target_sample_rate`,
-        resample (True) or raise `AudioError` (False).
+        resample (True) or raise `SampleRateError` (False).
+      dtype: np.float32 (values in [-1, 1], clipped) or np.int16 (quantised).
+      on_resample: called with the file's rate just before it is resampled.
 
     Returns:
-      (audio, sample_rate): int16 array of shape (samples,), and its rate in Hz.
+      (audio, sample_rate): array of shape (samples,) and `dtype`, and its rate in Hz.
 
     Raises:
-      AudioError: the file cannot be decoded, is empty, holds NaN/Inf samples,
-        or has the wrong sample rate and resampling is not allowed.
+      AudioError: the file cannot be decoded, is empty or holds NaN/Inf samples;
+        `SampleRateError` when it has the wrong rate and `allow_resample` is False.
     """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.int16):
+        raise ValueError(f"dtype must be float32 or int16, got {dtype}")
     path = os.fspath(path)
     try:
         data, rate = soundfile.read(path, dtype="float32", always_2d=True)
@@ -122,10 +141,14 @@ def load_audio(
         raise AudioError(f"audio file {path!r} has {bad} NaN/Inf samples")
     if target_sample_rate is not None and rate != target_sample_rate:
         if not allow_resample:
-            raise AudioError(
-                f"audio file {path!r} has sample rate {rate} Hz but the dataset "
-                f"needs {target_sample_rate} Hz; pass allow_resample=True to "
-                "resample it, or convert the file")
+            raise SampleRateError(
+                f"audio file {path!r} has sample rate {rate} Hz but {target_sample_rate} Hz is "
+                f"needed; pass allow_resample=True to resample it, or convert the file",
+                rate, target_sample_rate)
+        if on_resample is not None:
+            on_resample(rate)
         audio = resample(audio, rate, target_sample_rate)
         rate = target_sample_rate
-    return float_to_int16(audio), int(rate)
+    if dtype == np.int16:
+        return float_to_int16(audio), int(rate)
+    return np.clip(audio, -1.0, 1.0).astype(np.float32), int(rate)

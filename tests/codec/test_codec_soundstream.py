@@ -41,7 +41,7 @@ def test_shapes_for_strides_and_lengths(strides, length, groups, causal, attn_de
     assert decoded.shape == (3, frames * hop) and decoded.dtype == jnp.float32
     trimmed = jax.eval_shape(lambda v, c: model.apply(v, c, length, method='decode'), variables, codes)
     assert trimmed.shape == (3, length)
-    coarse = jax.eval_shape(lambda v, a: model.apply(v, a, 2, method='encode'), variables, audio)
+    coarse = jax.eval_shape(lambda v, a: model.apply(v, a, num_levels=2, method='encode'), variables, audio)
     assert coarse.shape == (3, frames, groups * 2)
     out, _ = jax.eval_shape(lambda v, a: model.apply(v, a, train=True, mutable=['vq_stats'],
                                                      rngs={'vq': jax.random.key(0)}), variables, audio)
@@ -58,8 +58,8 @@ def codec(trained_codec) -> SoundStreamCodec:
 
 
 def test_codec_properties(codec):
-    assert (codec.target_sample_hz, codec.hop_length, codec.frame_rate) == (16000, 8, 2000.0)
-    assert (codec.num_quantizers, codec.codebook_size, codec.groups) == (3, 32, 2)
+    assert (codec.sample_rate, codec.hop_length, codec.frame_rate) == (16000, 8, 2000.0)
+    assert (codec.num_quantizers, codec.codebook_size, codec.grouped_quantizers) == (3, 32, 2)
 
 
 def test_encode_decode_round_trip_pads_and_trims(codec):
@@ -142,7 +142,7 @@ def test_bad_audio_is_refused_before_compiling(codec, audio, message):
 
 
 def test_wrong_sample_rate_is_refused(codec):
-    with pytest.raises(ValueError, match="sample_rate=44100 Hz differs.*target_sample_hz=16000.*resample"):
+    with pytest.raises(ValueError, match="sample_rate=44100 Hz differs.*sample rate, 16000 Hz.*resample"):
         codec.encode(np.zeros((1, 80), np.float32), sample_rate=44100)
 
 

@@ -10,18 +10,30 @@ from data_test_utils import tone, write_wav
 from soundstorm_jax.data import audio_folder, audio_io
 
 
-def test_load_audio_roundtrips_int16_and_mixes_stereo_down(tmp_path):
+def test_read_audio_roundtrips_int16_and_mixes_stereo_down(tmp_path):
     path = str(tmp_path / "a.wav")
     x = tone(0.1, 16000)
     write_wav(path, x, 16000)
-    audio, rate = audio_io.load_audio(path)
+    audio, rate = audio_io.read_audio(path, dtype=np.int16)
     assert rate == 16000 and audio.dtype == np.int16 and audio.shape == x.shape
     np.testing.assert_allclose(audio / 32767.0, x, atol=1.5 / 32767)
 
     stereo = str(tmp_path / "s.wav")
     write_wav(stereo, np.stack([x, np.zeros_like(x)], axis=1), 16000)
-    mono, _ = audio_io.load_audio(stereo)
+    mono, _ = audio_io.read_audio(stereo, dtype=np.int16)
     np.testing.assert_allclose(mono / 32767.0, x / 2, atol=1.5 / 32767)
+
+
+def test_read_audio_gives_float32_by_default_clipped_to_unit_range(tmp_path):
+    path = str(tmp_path / "loud.wav")
+    x = tone(0.1, 16000, amplitude=1.5)  # peaks beyond [-1, 1]: a FLOAT WAV keeps them
+    write_wav(path, x, 16000, subtype="FLOAT")
+    audio, rate = audio_io.read_audio(path)
+    assert rate == 16000 and audio.dtype == np.float32
+    np.testing.assert_allclose(audio, np.clip(x, -1.0, 1.0), atol=1e-6)
+    assert audio.max() == 1.0 and audio.min() == -1.0 and np.any(np.abs(audio) < 0.5)
+    with pytest.raises(ValueError, match="dtype must be float32 or int16"):
+        audio_io.read_audio(path, dtype=np.float64)
 
 
 def test_flac_and_ogg_are_read(tmp_path):
@@ -29,7 +41,7 @@ def test_flac_and_ogg_are_read(tmp_path):
     for ext, fmt in ((".flac", "FLAC"), (".ogg", "OGG")):
         path = str(tmp_path / ("a" + ext))
         soundfile.write(path, x, 16000, format=fmt)
-        audio, rate = audio_io.load_audio(path)
+        audio, rate = audio_io.read_audio(path, dtype=np.int16)
         assert rate == 16000 and abs(len(audio) - len(x)) < 64
         assert np.abs(audio).max() > 0.3 * 32767
 
@@ -38,7 +50,7 @@ def test_unreadable_file_error_names_the_file(tmp_path):
     path = tmp_path / "broken.wav"
     path.write_bytes(b"RIFF this is not really a wave file")
     with pytest.raises(audio_io.AudioError, match="broken.wav"):
-        audio_io.load_audio(str(path))
+        audio_io.read_audio(str(path))
 
 
 def test_nan_audio_error_names_the_file(tmp_path):
@@ -47,16 +59,18 @@ def test_nan_audio_error_names_the_file(tmp_path):
     x[10:13] = np.nan
     write_wav(path, x, 16000, subtype="FLOAT")
     with pytest.raises(audio_io.AudioError, match=r"nan.wav.*3 NaN/Inf"):
-        audio_io.load_audio(path)
+        audio_io.read_audio(path)
 
 
 def test_sample_rate_mismatch_is_refused_or_resampled(tmp_path):
     path = str(tmp_path / "a8k.wav")
     write_wav(path, tone(0.5, 8000, freq=440.0), 8000)
-    with pytest.raises(audio_io.AudioError, match=r"a8k.wav.*8000 Hz.*16000 Hz"):
-        audio_io.load_audio(path, 16000, allow_resample=False)
-    audio, rate = audio_io.load_audio(path, 16000)
-    assert rate == 16000 and len(audio) == 8000
+    with pytest.raises(audio_io.SampleRateError, match=r"a8k.wav.*8000 Hz.*16000 Hz") as refused:
+        audio_io.read_audio(path, 16000, allow_resample=False, dtype=np.int16)
+    assert (refused.value.rate, refused.value.target_rate) == (8000, 16000)
+    seen = []
+    audio, rate = audio_io.read_audio(path, 16000, dtype=np.int16, on_resample=seen.append)
+    assert rate == 16000 and len(audio) == 8000 and seen == [8000]
     # The tone keeps its pitch: the spectrum peaks at 440 Hz (2 Hz bins).
     spectrum = np.abs(np.fft.rfft(audio.astype(np.float64)))
     assert abs(np.argmax(spectrum) * 16000 / len(audio) - 440.0) <= 2.0
@@ -83,7 +97,7 @@ def test_builder_prepares_array_records_and_reads_them_back(audio_dir, tmp_path)
     assert sorted(records) == [f"utt{k}" for k in range(8)]
     for k in range(8):
         r = records[f"utt{k}"]
-        expected, _ = audio_io.load_audio(os.path.join(audio_dir, f"utt{k}.wav"))
+        expected, _ = audio_io.read_audio(os.path.join(audio_dir, f"utt{k}.wav"), dtype=np.int16)
         np.testing.assert_array_equal(r["audio"], expected)
         assert r["sample_rate"] == 16000
         assert r["text"] == (f"utterance number {k}".encode() if k < 4 else b"")
