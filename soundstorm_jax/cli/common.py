@@ -6,6 +6,7 @@ missing file), 1 anything unexpected.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Any, Iterable, Optional
@@ -49,6 +50,20 @@ class Output:
         else:
             for line in lines:
                 print(line, file=self.stdout, flush=True)
+
+
+def show_package_log(*, quiet: bool) -> None:
+    """The package's own log lines (e.g. "resumed from step 4") on stderr, as bare messages; warnings only
+    with --quiet. Other libraries' INFO logs (Orbax, TFDS) stay hidden."""
+    logger = logging.getLogger("soundstorm_jax")
+    for handler in [h for h in logger.handlers if getattr(h, "soundstorm_cli", False)]:
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.soundstorm_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
 
 
 def require_file(path: str, what: str) -> str:

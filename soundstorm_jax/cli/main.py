@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from soundstorm_jax import __version__
 from soundstorm_jax.cli import codec_io, demo, generate, prepare, train
-from soundstorm_jax.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError, Output
+from soundstorm_jax.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError, Output, show_package_log
 
 DESCRIPTION = """SoundStorm in JAX: prepare data, train, encode/decode audio and generate.
 
@@ -66,6 +66,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")  # Exits with status 2.
     out = Output(quiet=args.quiet, as_json=args.json)
+    show_package_log(quiet=args.quiet or args.json)
     try:
         # With --json, stdout holds only the result object: anything else printed goes to stderr.
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():

@@ -27,6 +27,8 @@ import orbax.checkpoint as ocp
 
 from soundstorm_jax.training import config as config_lib
 
+log = logging.getLogger(__name__)
+
 
 class Checkpointer:
     """A `ocp.CheckpointManager` over `workdir/checkpoints` (see the module docstring).
@@ -119,7 +121,7 @@ class PreemptionFlag:
 
     def _handle(self, signum, frame):
         del signum, frame
-        logging.warning("SIGTERM: saving a checkpoint and stopping")
+        log.warning("SIGTERM: saving a checkpoint and stopping")
         self._event.set()
 
     def is_set(self) -> bool:

@@ -58,6 +58,8 @@ from soundstorm_jax.data import PipelineConfig, prepare_corpus
 from soundstorm_jax.training import config as config_lib, sharding
 from soundstorm_jax.training.trainer import JitStep, keep_if_finite, open_dataset
 
+log = logging.getLogger(__name__)
+
 LOGGED = ("generator_loss", "discriminator_loss", "mel_loss", "commit_loss", "adversarial_loss",
           "feature_matching_loss", "waveform_l1", "levels_used", "generator_grad_norm", "discriminator_grad_norm",
           "skipped", "nonfinite_count")
@@ -97,7 +99,7 @@ def codec_train_config(config: Any, mesh: Optional[Mesh] = None) -> CodecTrainCo
     opt = config_lib.read_section(config, "optimizer")
     flatten = bool(opt.get("flatten", True))
     if flatten and mesh is not None and int(mesh.shape.get("fsdp", 1)) > 1:
-        logging.warning("config.optimizer.flatten=True with fsdp=%d: the Adam state is one vector per parameter "
+        log.warning("config.optimizer.flatten=True with fsdp=%d: the Adam state is one vector per parameter "
                         "group, split over 'fsdp' only when its length divides it; set "
                         "config.optimizer.flatten=False to shard it like the parameters", mesh.shape["fsdp"])
     defaults = CodecTrainConfig()
@@ -211,7 +213,7 @@ class CodecTask:
                                    f"--out {data.dir} --sample-rate {self.sample_rate}`")
         else:
             corpus = data.get("corpus") or "tiny"
-            logging.info("config.data.dir is not set: using the embedded eSpeak corpus %r at %d Hz",
+            log.info("config.data.dir is not set: using the embedded eSpeak corpus %r at %d Hz",
                          corpus, self.sample_rate)
             builder = prepare_corpus(corpus, sample_rate=self.sample_rate, progress=jax.process_index() == 0)
         rate = (builder.info.metadata or {}).get("sample_rate")

@@ -34,6 +34,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+log = logging.getLogger(__name__)
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 Rules = tuple[tuple[str, Any], ...]
@@ -151,7 +153,7 @@ def fit_spec(shape: Sequence[int], spec: P, mesh: Mesh) -> P:
         names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
         ways = math.prod(mesh.shape[a] for a in names)
         if names and size % ways:
-            logging.info("dimension of size %d is not divisible by mesh axes %s (%d); replicating it",
+            log.info("dimension of size %d is not divisible by mesh axes %s (%d); replicating it",
                          size, names, ways)
             axes = None
         fitted.append(axes)
@@ -167,7 +169,7 @@ def fallback_spec(shape: Sequence[int], mesh: Mesh, min_size: int) -> P:
     for dim in sorted(range(len(shape)), key=lambda i: -shape[i]):
         if shape[dim] % ways == 0:
             return P(*[("fsdp" if i == dim else None) for i in range(len(shape))])
-    logging.info("array of shape %s: no dimension divisible by fsdp=%d; replicated", tuple(shape), ways)
+    log.info("array of shape %s: no dimension divisible by fsdp=%d; replicated", tuple(shape), ways)
     return P()
 
 

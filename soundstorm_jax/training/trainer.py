@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import logging
 import os
 import sys
 import time
@@ -31,12 +32,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import tensorflow_datasets as tfds
-from absl import logging
 from jax.sharding import Mesh
 
 from soundstorm_jax.data import PipelineConfig, audio_folder, make_eval_iterator, make_train_iterator
 from soundstorm_jax.training import checkpoint as checkpoint_lib, config as config_lib, metrics as metrics_lib, \
     sharding
+
+log = logging.getLogger(__name__)
 
 
 class Task(Protocol):
@@ -196,7 +198,7 @@ def train_and_evaluate(config: Any, workdir: str, *, time_limit_s: Optional[floa
     task = build_task(config, mesh)
     builder = task.open_data()
     config_lib.save_config(workdir, config)
-    logging.info("%s: mesh %s, %d devices, %d processes", task.kind, dict(mesh.shape), mesh.size,
+    log.info("%s: mesh %s, %d devices, %d processes", task.kind, dict(mesh.shape), mesh.size,
                  jax.process_count())
 
     ckpt = checkpoint_lib.Checkpointer(workdir, config.model, every_steps=config.checkpoint.every_steps,
@@ -205,7 +207,7 @@ def train_and_evaluate(config: Any, workdir: str, *, time_limit_s: Optional[floa
     if ckpt.latest_step() is not None:
         state, data_state, step = ckpt.restore(task.abstract_state)
         data.set_state(data_state)
-        logging.info("resumed from step %d", step)
+        log.info("resumed from step %d", step)
     else:
         state = task.create_state()
     step = int(state.step)
@@ -242,7 +244,7 @@ def train_and_evaluate(config: Any, workdir: str, *, time_limit_s: Optional[floa
             if preempted.is_set() or out_of_time:
                 stopped = "preempted" if preempted.is_set() else "time_limit"
                 ckpt.save(step, state, data.get_state(), force=True)
-                logging.warning("%s at step %d; checkpoint saved", stopped, step)
+                log.warning("%s at step %d; checkpoint saved", stopped, step)
                 break
 
         if step == config.total_steps and ckpt.latest_step() != step:

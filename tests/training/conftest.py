@@ -1,18 +1,13 @@
 """Fixtures for the training tests: a tiny config, a codes dataset, a reference state."""
 import os
-import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:  # configs/ is a top-level folder of the repository.
-    sys.path.insert(0, ROOT)
-
 
 def tiny_config(**overrides):
     """configs/tiny.py, shrunk further: depth 1, 16 frames, K 16, Q 3."""
-    from configs import tiny
+    from soundstorm_jax.configs import tiny
     config = tiny.get_config()
     config.model.conformer.depth = 1
     config.data.max_frames = 16

@@ -16,10 +16,11 @@ import numpy as np
 import optax
 import pytest
 import soundfile
-from conftest import ROOT
 
 from soundstorm_jax import training
-from soundstorm_jax.training import codec_task, mesh as mesh_lib
+from soundstorm_jax.training import config as config_lib, restore, sharding, trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SAMPLE_RATE = 16000
 FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -30,7 +31,7 @@ def codec_config(**overrides):
     """configs/codec_tiny.py, shrunk further (compiling is what costs here): hop 2, 2 levels x 16 codes, one
     waveform and one STFT discriminator, 512-sample crops, GAN terms on from the first step."""
     import ml_collections
-    from configs import codec_tiny
+    from soundstorm_jax.configs import codec_tiny
     config = codec_tiny.get_config()
     gen = config.model.generator
     gen.strides, gen.channels, gen.codebook_size, gen.rq_num_quantizers, gen.rq_kmeans_iters = (2,), 4, 16, 2, 2
@@ -51,7 +52,7 @@ def codec_config(**overrides):
 
 def make_task(shape, config):
     devices = jax.devices()[:int(np.prod(shape))]
-    mesh = training.make_mesh(dict(zip(mesh_lib.MESH_AXES, shape)), devices=devices)
+    mesh = training.make_mesh(dict(zip(sharding.MESH_AXES, shape)), devices=devices)
     return training.build_task(config, mesh)
 
 
@@ -114,10 +115,10 @@ def runs(config, batches):
                       param_bytes=max(training.bytes_per_device(state.codec.params).values()),
                       opt_bytes=max(training.bytes_per_device(state.codec.opt_state).values()))
         for batch in batches:
-            state, metrics = task.train_step(state, task.device_batch(batch))
+            state, metrics = task.train_step(state, task.device_batch(batch, train=True))
             record["metrics"].append(jax.device_get(metrics))
             record["states"].append(jax.device_get(state))
-        record["traces"] = task.train_step.traces
+        record["compiles"] = task.train_step.cache_size()
         out[shape] = record
     return out
 
@@ -143,7 +144,7 @@ def test_sharded_codec_step_equals_the_single_device_step(runs, shape):
     # EMA codebooks (k-means over the global batch at step 1, EMA at step 2) and the parameters after two steps.
     assert_trees_close(run["states"][1].codec.vq_stats, ref["states"][1].codec.vq_stats, rtol=1e-3, atol=1e-5)
     assert_trees_close(run["states"][1].codec.params, ref["states"][1].codec.params, rtol=1e-3, atol=1e-5)
-    assert run["traces"] == 1  # One compilation per run.
+    assert run["compiles"] == 1  # One compilation per run.
 
 
 def test_fsdp_splits_parameters_and_optimizer_state(runs):
@@ -158,10 +159,10 @@ def test_fsdp_splits_parameters_and_optimizer_state(runs):
 
 def test_flat_optimizer_state_is_split_when_its_length_divides_the_axis():
     mesh = training.make_mesh({"data": 2, "fsdp": 4})
-    assert codec_task.fsdp_spec((4096,), mesh, 64) == jax.sharding.PartitionSpec("fsdp")
-    assert codec_task.fsdp_spec((4097,), mesh, 64) == jax.sharding.PartitionSpec()  # replicated
-    assert codec_task.fsdp_spec((7, 3, 16), mesh, 64) == jax.sharding.PartitionSpec(None, None, "fsdp")
-    assert codec_task.fsdp_spec((8, 4), mesh, 64) == jax.sharding.PartitionSpec()  # below fsdp_min_size
+    assert sharding.fallback_spec((4096,), mesh, 64) == jax.sharding.PartitionSpec("fsdp")
+    assert sharding.fallback_spec((4097,), mesh, 64) == jax.sharding.PartitionSpec()  # replicated
+    assert sharding.fallback_spec((7, 3, 16), mesh, 64) == jax.sharding.PartitionSpec(None, None, "fsdp")
+    assert sharding.fallback_spec((8, 4), mesh, 64) == jax.sharding.PartitionSpec()  # below fsdp_min_size
 
 
 def test_checkpoint_is_bit_identical_restores_onto_another_mesh_and_resumes(tmp_path, runs, config, batches):
@@ -185,7 +186,7 @@ def test_checkpoint_is_bit_identical_restores_onto_another_mesh_and_resumes(tmp_
     task = target["task"]
     resumed, _, _ = training.Checkpointer(str(tmp_path / "b"), config.model, every_steps=1,
                                           keep=2).restore(task.abstract_state)
-    resumed, metrics = task.train_step(resumed, task.device_batch(batches[1]))
+    resumed, metrics = task.train_step(resumed, task.device_batch(batches[1], train=True))
     assert_bit_identical(jax.device_get(resumed), target["states"][1])
     assert_bit_identical(jax.device_get(metrics), target["metrics"][1])
 
@@ -194,7 +195,8 @@ def test_nonfinite_batch_skips_the_update_and_is_counted(runs, batches):
     run = runs[(1, 1, 1)]
     task, before = run["task"], run["states"][1]
     poisoned = {"audio": np.full_like(batches[0]["audio"], np.nan)}
-    state, metrics = task.train_step(jax.device_put(before, task.shardings), task.device_batch(poisoned))
+    poisoned = task.device_batch(poisoned, train=True)
+    state, metrics = task.train_step(jax.device_put(before, task.shardings), poisoned)
     metrics, after = jax.device_get(metrics), jax.device_get(state)
     assert bool(metrics["skipped"]) and int(metrics["nonfinite_count"]) == 1
     assert not np.isfinite(metrics["generator_loss"])
@@ -208,14 +210,15 @@ def test_config_errors_name_the_cause(tmp_path):
         make_task((4, 1, 2), codec_config())
     bad = codec_config()
     bad.model.generator.stride = (2, 2)
-    with pytest.raises(ValueError, match=r"config.model.generator has unknown field\(s\) \['stride'\]"):
+    with pytest.raises(ValueError, match=r"unknown config field 'model.generator.stride'; did you mean "
+                                         r"'model.generator.strides'\?"):
         make_task((1, 1, 1), bad)
     with pytest.raises(ValueError, match="not divisible by the 8 data-parallel shards"):
         make_task((8, 1, 1), codec_config(**{"data.batch_size": 4}))
     with pytest.raises(ValueError, match="not a known model kind"):
-        training.kind_of(codec_config(kind="vocoder"))
+        config_lib.kind_of(codec_config(kind="vocoder"))
     # A workdir of one kind refuses a config of the other.
-    from configs import tiny
+    from soundstorm_jax.configs import tiny
     training.save_config(str(tmp_path), tiny.get_config())
     with pytest.raises(ValueError, match="holds a 'soundstorm' run but config.kind is 'codec'"):
         training.check_saved_config(str(tmp_path), codec_config())
@@ -250,7 +253,7 @@ def test_audio_dataset_at_another_rate_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is at 8000 Hz but the codec expects 16000 Hz"):
         task.open_data()
     task = make_task((1, 1, 1), codec_config(**{"data.dir": str(tmp_path)}))
-    with pytest.raises(FileNotFoundError, match="holds no prepared audio dataset"):
+    with pytest.raises(FileNotFoundError, match="holds no prepared dataset"):
         task.open_data()
 
 
@@ -263,7 +266,7 @@ def test_without_a_data_dir_the_codec_trains_on_the_embedded_corpus(tmp_path, mo
     assert task.config.data.dir is None
     builder = task.open_data()
     assert int(builder.info.metadata["sample_rate"]) == SAMPLE_RATE and str(tmp_path) in str(builder.data_dir)
-    batch = next(task.train_iterator(builder))
+    batch = next(trainer.train_iterator(task, builder))
     assert batch["audio"].shape == (8, 512) and batch["audio"].dtype == np.float32
     assert np.abs(batch["audio"]).max() > 0.01  # Speech, not padding.
 
@@ -277,7 +280,7 @@ ARGS = ["--config.compiler_options.xla_backend_optimization_level=0",
 
 
 def train_py(workdir, data_dir, steps, env):
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs", "codec_tiny.py"),
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config", "codec_tiny",
            "--workdir", str(workdir), f"--config.data.dir={data_dir}", f"--config.total_steps={steps}"] + ARGS
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -316,7 +319,7 @@ def test_train_py_trains_the_codec_evaluates_and_resumes(tmp_path, audio_dataset
     assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
     assert checkpoints(workdir) == [4, 6]
 
-    codec = codec_task.load_codec(str(workdir))  # The trained codec, straight from the workdir.
+    codec = restore.load_codec(str(workdir))  # The trained codec, straight from the workdir.
     audio = tones(np.random.default_rng(5), 2, 1000)
     codes = codec.encode(audio, sample_rate=SAMPLE_RATE)
     assert codes.shape == (2, 250, 4) and codec.hop_length == 4

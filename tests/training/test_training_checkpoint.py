@@ -5,13 +5,14 @@ import pytest
 from conftest import tiny_config
 
 from soundstorm_jax import training
-from soundstorm_jax.training import experiment, mesh as mesh_lib
+from soundstorm_jax.training import sharding
+from soundstorm_jax.training.soundstorm_task import SoundStormTask
 
 
 def make(shape, config):
     devices = jax.devices()[:int(np.prod(shape))]
-    mesh = training.make_mesh(dict(zip(mesh_lib.MESH_AXES, shape)), devices=devices)
-    return experiment.build(config, mesh)
+    mesh = training.make_mesh(dict(zip(sharding.MESH_AXES, shape)), devices=devices)
+    return SoundStormTask(config, mesh)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,12 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, tiny_config
+from conftest import tiny_config
 
-from soundstorm_jax.training import inputs
+from soundstorm_jax.training import sharding
+from soundstorm_jax.training.soundstorm_task import SoundStormTask
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 STEPS = 10
 ARGS = ["--config.total_steps=%d" % STEPS, "--config.checkpoint.every_steps=2", "--config.checkpoint.keep=2",
@@ -150,21 +153,23 @@ def test_sigterm_saves_a_checkpoint_at_the_current_step_and_resumes(tmp_path, re
         assert r["loss"] == expected[r["step"]], r["step"]
 
 
+def open_codes(data_dir, **overrides):
+    config = tiny_config(**{"data.dir": data_dir, **overrides})
+    return SoundStormTask(config, sharding.make_mesh({"data": -1})).open_data()
+
+
 def test_missing_data_dir_is_a_clear_error(tmp_path):
-    config = tiny_config()
     with pytest.raises(ValueError, match="config.data.dir is not set"):
-        inputs.open_codes_dataset(None, config.model)
+        open_codes(None)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        inputs.open_codes_dataset(str(tmp_path / "nope"), config.model)
-    with pytest.raises(FileNotFoundError, match="holds no prepared codes dataset"):
-        inputs.open_codes_dataset(str(tmp_path), config.model)
+        open_codes(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="holds no prepared dataset"):
+        open_codes(str(tmp_path))
 
 
 def test_dataset_levels_must_match_the_model(codes_dir):
-    config = tiny_config()
-    config.model.num_quantizers = 4
     with pytest.raises(ValueError, match="has 3 levels but the model expects 4"):
-        inputs.open_codes_dataset(codes_dir, config.model)
+        open_codes(codes_dir, **{"model.num_quantizers": 4})
 
 
 def test_time_limit_stops_at_a_step_boundary_with_a_checkpoint_and_resumes(tmp_path, codes_dir):

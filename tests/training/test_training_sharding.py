@@ -11,14 +11,15 @@ import pytest
 from conftest import random_batch, tiny_config
 
 from soundstorm_jax import training
-from soundstorm_jax.training import experiment, mesh as mesh_lib, step as step_lib
+from soundstorm_jax.training import sharding
+from soundstorm_jax.training.soundstorm_task import SoundStormTask, build_model, model_loss_fn
 
 MESHES = [(1, 1, 1), (8, 1, 1), (1, 8, 1), (2, 2, 2), (4, 1, 2)]
 
 
 def nan_on_zero_codes(model):
     """The model's loss, but NaN for a batch whose codes are all zero (a poisoned batch)."""
-    base = step_lib.model_loss_fn(model)
+    base = model_loss_fn(model)
 
     def loss_fn(params, batch, rng):
         loss, metrics = base(params, batch, rng)
@@ -29,14 +30,14 @@ def nan_on_zero_codes(model):
 @pytest.fixture(scope="module")
 def runs():
     config = tiny_config()
-    model = training.factory.build_model(config.model, config.objective)
+    model = build_model(config)
     batches = [random_batch(1), random_batch(2)]
     out = {}
     reference = None
     for shape in MESHES:
         devices = jax.devices()[:int(np.prod(shape))]
-        mesh = training.make_mesh(dict(zip(mesh_lib.MESH_AXES, shape)), devices=devices)
-        ex = experiment.build(config, mesh, loss_fn=nan_on_zero_codes(model))
+        mesh = training.make_mesh(dict(zip(sharding.MESH_AXES, shape)), devices=devices)
+        ex = SoundStormTask(config, mesh, loss_fn=nan_on_zero_codes(model))
         if shape in ((1, 1, 1), (1, 8, 1)):
             state = ex.create_state()  # Created sharded, never on one device.
         else:
@@ -62,13 +63,13 @@ def runs():
                           after_poison=jax.device_get(state))
             state, m = ex.train_step(state, ex_batch(ex, batches[1]))
             record.update(after_recovery=jax.device_get(m))
-        record.update(traces=ex.train_step.traces, cache_size=ex.train_step.cache_size())
+        record.update(cache_size=ex.train_step.cache_size())
         out[shape] = record
     return out
 
 
 def ex_batch(ex, batch):
-    return step_lib.global_batch(batch, mesh_lib.batch_sharding(ex.mesh, ex.rules))
+    return sharding.global_batch(batch, sharding.batch_sharding(ex.mesh, ex.rules))
 
 
 def assert_trees_close(a, b, **tol):
@@ -110,7 +111,6 @@ def test_tensor_parallel_shards_heads(runs):
 
 @pytest.mark.parametrize("shape", MESHES)
 def test_train_step_compiles_once(runs, shape):
-    assert runs[shape]["traces"] == 1
     assert runs[shape]["cache_size"] == 1
 
 
@@ -142,4 +142,4 @@ def test_mesh_shape_errors():
 def test_batch_not_divisible_by_data_axes():
     mesh = training.make_mesh({"data": -1})
     with pytest.raises(ValueError, match="not divisible by the 8 data-parallel shards"):
-        experiment.build(tiny_config(**{"data.batch_size": 6}), mesh)
+        SoundStormTask(tiny_config(**{"data.batch_size": 6}), mesh)
