@@ -13,17 +13,16 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import base  # noqa: E402
-from soundstorm_jax import training  # noqa: E402
-from soundstorm_jax.training import metrics as metrics_lib, step as step_lib  # noqa: E402
+from soundstorm_jax import training
+from soundstorm_jax.configs import base
+from soundstorm_jax.training import metrics as metrics_lib, sharding, state as state_lib
+from soundstorm_jax.training.soundstorm_task import SoundStormTask
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -57,11 +56,11 @@ def main():
     config.model.dtype = args.dtype or ("float32" if platform_name == "cpu" else config.model.dtype)
 
     mesh = training.make_mesh({"data": -1})
-    ex = training.build(config, mesh)
+    ex = SoundStormTask(config, mesh)
     state = ex.create_state()
     levels = ex.model.net.num_columns
     rng = np.random.default_rng(0)
-    batch = step_lib.global_batch(
+    batch = sharding.global_batch(
         {"codes": rng.integers(0, int(config.model.codebook_size), (args.batch, args.frames, levels)).astype(np.int32),
          "mask": np.ones((args.batch, args.frames), bool)}, training.batch_sharding(mesh, ex.rules))
 
@@ -88,7 +87,7 @@ def main():
         levels=levels, codebook_size=int(config.model.codebook_size), batch=args.batch, frames=args.frames,
         dtype=config.model.dtype, devices=mesh.size, platform=platform_name, device_kind=jax.devices()[0].device_kind,
         cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
-        params=training.state.count_params(state.params), compile_s=round(compile_s, 2),
+        params=state_lib.count_params(state.params), compile_s=round(compile_s, 2),
         step_time_s_median=step_time, step_time_s_all=[round(t, 4) for t in times],
         frames_per_s=frames / step_time, tokens_per_s=frames * levels / step_time,
         model_flops_per_step=flops,

@@ -9,14 +9,14 @@ so the batch size never changes the result. Codes are written as
 """
 from __future__ import annotations
 
-import json
+import math
 import os
 
 import numpy as np
 
 from soundstorm_jax.cli import spectrogram
 from soundstorm_jax.cli.common import (CliError, add_codec_options, codes_dtype, load_codec_from_args, load_codes,
-                                       make_out_dir, read_audio, require_dir, write_wav)
+                                       make_out_dir, read_audio, write_wav)
 
 
 def add_parser(subparsers, parents):
@@ -99,7 +99,7 @@ def _semantic(path, num_samples):
 
 
 def _text_semantic(text, voice, config, num_samples):
-    """Text -> (num_samples, frames) phoneme ids at the model's semantic rate (config.data.semantic_rate)."""
+    """Text -> (num_samples, tokens) phoneme ids at the model's semantic rate (config.data.semantic_rate)."""
     rate = config.data.get("semantic_rate")
     if not config.model.get("num_semantic_token_ids") or not rate:
         raise CliError("--text needs a model trained on semantic tokens (phoneme ids, e.g. the embedded corpus); "
@@ -111,13 +111,14 @@ def _text_semantic(text, voice, config, num_samples):
 
 
 def _prompt_semantic(args, config, net, frames: int, num_samples: int) -> np.ndarray:
-    """(num_samples, frames) ids for the prompt's frames: --prompt-text's phonemes stretched over them, else
-    the semantic pad id (no conditioning there)."""
+    """(num_samples, tokens) semantic ids covering the prompt's `frames` (tokens = frames / acoustic_per_semantic,
+    rounded up): --prompt-text's phonemes stretched over them, else the semantic pad id (no conditioning)."""
+    tokens = max(1, math.ceil(frames / net.acoustic_per_semantic - 1e-9))
     if args.prompt_text is None:
-        return np.full((num_samples, frames), net.semantic_pad_id, np.int32)
+        return np.full((num_samples, tokens), net.semantic_pad_id, np.int32)
     ids = _text_semantic(args.prompt_text, args.voice, config, 1)[0]
-    stretched = ids[np.arange(frames) * len(ids) // frames]
-    return np.ascontiguousarray(np.broadcast_to(stretched, (num_samples, frames)))
+    stretched = ids[np.arange(tokens) * len(ids) // tokens]
+    return np.ascontiguousarray(np.broadcast_to(stretched, (num_samples, tokens)))
 
 
 def run(args, out, extra):
@@ -125,6 +126,7 @@ def run(args, out, extra):
     import jax
 
     from soundstorm_jax.maskgit.soundstorm import check_codec_matches
+    from soundstorm_jax.model.wrapper import semantic_frames
     from soundstorm_jax.sampler.generate import generate
 
     if args.num_samples < 1:
@@ -203,7 +205,8 @@ def run(args, out, extra):
         if semantic is not None:
             options["semantic_ids"] = semantic[start:stop]
             if args.text is not None and frames is None:  # Every frame counts, the unconditioned prompt's too
-                options["lengths"] = [semantic.shape[1]] * (stop - start)  # (pad ids would read as padding).
+                # (pad ids would read as padding): all the frames the semantic tokens cover.
+                options["lengths"] = [semantic_frames(semantic.shape[1], net.acoustic_per_semantic)] * (stop - start)
         codes = np.asarray(generate(model, variables, frames, **options))
         for i, sample in enumerate(codes):
             name = os.path.join(args.out, f"sample_{start + i:03d}")
