@@ -137,7 +137,7 @@ def eval_step_fn(codec: CodecTrainState, batch: Mapping[str, jax.Array]) -> dict
     cfg = codec.config
     audio, mask = batch["audio"], batch["mask"]
     out = cfg.codec.apply({"params": codec.params["generator"], "vq_stats": codec.vq_stats}, audio, train=False)
-    mel = jax.vmap(lambda a, b: multiscale_mel_loss(a[None], b[None], cfg.codec.target_sample_hz,
+    mel = jax.vmap(lambda a, b: multiscale_mel_loss(a[None], b[None], cfg.codec.sample_rate,
                                                     cfg.mel_scales, cfg.mel_bins))(audio, out.audio)
     real = jnp.any(mask, axis=1).astype(jnp.float32)
     samples = mask.astype(jnp.float32)
@@ -160,7 +160,7 @@ class CodecTask:
         data = config_lib.read_section(config, "data")
         self.rules = sharding.rules_from_config(config.mesh.rules)
         self.train_config = codec_train_config(config, mesh)
-        self.sample_rate = int(self.train_config.codec.target_sample_hz)
+        self.sample_rate = int(self.train_config.codec.sample_rate)
         self.segment = int(data["segment_samples"])
         self.batch_size = int(data["batch_size"])
         self.eval_batch_size = int(data.get("eval_batch_size") or self.batch_size)

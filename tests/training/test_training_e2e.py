@@ -185,3 +185,19 @@ def test_time_limit_stops_at_a_step_boundary_with_a_checkpoint_and_resumes(tmp_p
     summary = training.train_and_evaluate(config, str(tmp_path), on_step=seen.append, stream=None)
     assert (summary.step, summary.stopped, seen) == (4, "finished", [1, 2, 3, 4])
     assert complete_checkpoints(tmp_path)[-1] == 4
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_with_one_line_and_leaves_complete_checkpoints(tmp_path, codes_dir, env):
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    proc = subprocess.Popen(command(workdir, codes_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and not any(r["step"] >= 3 for r in train_records(workdir)):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "error: interrupted"
+    assert complete_checkpoints(workdir) and all(n.isdigit() for n in os.listdir(os.path.join(workdir, "checkpoints")))
