@@ -1,19 +1,24 @@
-"""`soundstorm demo`, end to end through the real console script, and `generate --text` on what it trained.
+"""The package as a user installs it: `pip install .` (not editable) into a fresh virtual environment, then
+`soundstorm demo`, `generate`, `encode`, `decode` and `train` from a folder outside the checkout.
 
-One short demo run is shared by the module. It trains for a fixed number of
-steps (--codec-steps / --soundstorm-steps), so it does the same work however
-busy the machine is, and its result does not depend on the clock: the tests check
-its WAVs, spectrograms and report, then drive `soundstorm generate` with text
-and semantic files on the phoneme-conditioned model it trained.
+One short demo run is shared by the module (the suite's one trained pipeline). It trains for a fixed number
+of steps (--codec-steps / --soundstorm-steps), so it does the same work however busy the machine is, and its
+result does not depend on the clock: the tests check its WAVs, spectrograms and report, then drive the other
+subcommands on the codec and the phoneme-conditioned SoundStorm it trained. The virtual environment sees the
+system's site-packages for the dependencies (no downloads), but soundstorm_jax itself comes only from the
+wheel pip built: the source tree is not on the path.
 """
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile
-from test_cli import cli, env  # noqa: F401 (env: the subprocesses' environment fixture)
+from test_cli import env  # noqa: F401 (the subprocesses' environment fixture, used by name)
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODEC_STEPS, SOUNDSTORM_STEPS = 150, 200
 HOP, RATE = 320, 16000
 
@@ -21,11 +26,49 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, env):
+def installed(tmp_path_factory):
+    """A virtual environment with soundstorm-jax installed from this checkout by `pip install .`."""
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps",
+                          "--disable-pip-version-check", ROOT], capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    return venv
+
+
+def installed_cli(env, *args, expect=0, cwd=None, timeout=300, venv=None):
+    """The installed console script, run from a folder outside the checkout."""
+    result = subprocess.run([str(venv / "bin" / "soundstorm"), *map(str, args)], env=env, cwd=cwd,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == expect, (result.returncode, result.stdout[-2000:], result.stderr[-4000:])
+    return result
+
+
+@pytest.fixture(scope="module")
+def run(installed, env, tmp_path_factory):
+    """`cli` bound to the installed package and a working directory outside the checkout."""
+    cwd = tmp_path_factory.mktemp("elsewhere")
+
+    def run(*args, expect=0, timeout=300):
+        return installed_cli(env, *args, expect=expect, cwd=cwd, timeout=timeout, venv=installed)
+    return run
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, run):
     out = tmp_path_factory.mktemp("demo")
-    result = cli(env, "--json", "demo", "--out", out, "--codec-steps", CODEC_STEPS, "--soundstorm-steps",
+    result = run("--json", "demo", "--out", out, "--codec-steps", CODEC_STEPS, "--soundstorm-steps",
                  SOUNDSTORM_STEPS, "--samples", 2, timeout=1200)
     return out, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_installed_package_is_the_wheel_not_the_source_tree(installed, tmp_path):
+    where = subprocess.run([str(installed / "bin" / "python"), "-c",
+                            "import soundstorm_jax.configs.tiny as t, soundstorm_jax as s; print(s.__file__, t.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+    assert all(path.startswith(str(installed)) and not path.startswith(ROOT + os.sep) for path in where), where
+    check = subprocess.run([str(installed / "bin" / "python"), "-m", "pip", "check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout  # Every declared dependency is there.
 
 
 def test_demo_writes_speech_like_wavs_of_the_right_length(demo):
@@ -70,7 +113,7 @@ def test_demo_report_beats_the_unigram_baseline(demo):
     assert "| level | accuracy | unigram | ratio |" in markdown and "| total |" in markdown
 
 
-def test_generate_from_text_and_semantic_files_on_the_demo_model(demo, env, tmp_path):
+def test_generate_from_text_and_semantic_files_on_the_demo_model(demo, run, tmp_path):
     out, report = demo
     model, codec = out / "soundstorm", out / "codec"
     prompt_wav = report["samples"][0]["prompt_wav"]
@@ -79,7 +122,7 @@ def test_generate_from_text_and_semantic_files_on_the_demo_model(demo, env, tmp_
     frames = prompt_frames + len(phonemize("The blue boat sails home.", frame_rate=50.0).frame_ids)
     for extra in ([], ["--prompt-text", report["samples"][0]["text"]]):
         out_dir = tmp_path / f"text{len(extra)}"
-        result = cli(env, "--json", "generate", model, "--codec", codec, "--text", "The blue boat sails home.",
+        result = run("--json", "generate", model, "--codec", codec, "--text", "The blue boat sails home.",
                      "--prompt-audio", prompt_wav, "--num-samples", 2, "--seed", 3, "--spectrogram",
                      "--out", out_dir, *extra)
         record = json.loads(result.stdout)
@@ -92,48 +135,60 @@ def test_generate_from_text_and_semantic_files_on_the_demo_model(demo, env, tmp_
 
     ids = phonemize("Seven green birds.", frame_rate=50.0).frame_ids
     np.save(tmp_path / "semantic.npy", ids)
-    result = cli(env, "--json", "generate", model, "--codec", codec, "--semantic", tmp_path / "semantic.npy",
+    result = run("--json", "generate", model, "--codec", codec, "--semantic", tmp_path / "semantic.npy",
                  "--steps", "4,1,1,1,1,1", "--out", tmp_path / "semantic")
     audio, _ = soundfile.read(json.loads(result.stdout)["files"][0], dtype="float32")
     assert audio.shape == (len(ids) * HOP,)
 
     # Text the phonemiser cannot speak: exit 2, one line, before the model is loaded.
-    result = cli(env, "generate", model, "--codec", codec, "--text", "ok \u4f60\u597d", "--out", tmp_path / "x",
+    result = run("generate", model, "--codec", codec, "--text", "ok \u4f60\u597d", "--out", tmp_path / "x",
                  expect=2)
     assert "Traceback" not in result.stderr and result.stderr.count("error: ") == 1
-    result = cli(env, "generate", model, "--codec", codec, "--text", "Hello.", "--prompt-text", "Hi.",
+    result = run("generate", model, "--codec", codec, "--text", "Hello.", "--prompt-text", "Hi.",
                  "--out", tmp_path / "x", expect=2)
     assert "--prompt-text goes with --text and a prompt" in result.stderr
 
 
-def test_demo_bad_inputs(env, tmp_path):
-    result = cli(env, "demo", "--minutes", 1, "--out", tmp_path / "a", expect=2)
+def test_demo_bad_inputs(run, tmp_path):
+    result = run("demo", "--minutes", 1, "--out", tmp_path / "a", expect=2)
     assert "--minutes must be at least" in result.stderr and "Traceback" not in result.stderr
-    result = cli(env, "demo", "--codec-steps", 0, "--out", tmp_path / "a", expect=2)
+    result = run("demo", "--codec-steps", 0, "--out", tmp_path / "a", expect=2)
     assert "--codec-steps must be positive" in result.stderr
     (tmp_path / "b" / "codec").mkdir(parents=True)
     (tmp_path / "b" / "codec" / "config.json").write_text("{}")
-    result = cli(env, "demo", "--out", tmp_path / "b", expect=2)
+    result = run("demo", "--out", tmp_path / "b", expect=2)
     assert "already holds a run" in result.stderr
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = cli(env, "demo", "--out", blocker / "sub", expect=2)
+    result = run("demo", "--out", blocker / "sub", expect=2)
     assert "cannot create output folder" in result.stderr
 
 
-def test_encode_decode_and_resumed_training_on_the_demo_runs(demo, env, tmp_path):
+def test_encode_decode_and_resumed_training_on_the_demo_runs(demo, run, tmp_path):
     """The other subcommands on the corpus-trained runs: encode/decode a held-out voice, train on from a checkpoint."""
     out, report = demo
     prompt_wav = report["samples"][0]["prompt_wav"]
-    cli(env, "--quiet", "encode", prompt_wav, "--codec", out / "codec", "--out", tmp_path)
+    run("--quiet", "encode", prompt_wav, "--codec", out / "codec", "--out", tmp_path)
     codes = np.load(tmp_path / "sample_000_prompt.npy")
     assert codes.shape == (report["held_out"]["prompt_frames"], 6) and 0 <= codes.min() and codes.max() < 256
-    cli(env, "--quiet", "decode", tmp_path / "sample_000_prompt.npy", "--codec", out / "codec", "--out", tmp_path)
+    run("--quiet", "decode", tmp_path / "sample_000_prompt.npy", "--codec", out / "codec", "--out", tmp_path)
     audio, rate = soundfile.read(tmp_path / "sample_000_prompt.wav", dtype="float32")
     assert rate == RATE and audio.shape == (len(codes) * HOP,) and np.all(np.isfinite(audio))
 
-    # `soundstorm train` resumes the demo's SoundStorm run from its last checkpoint for one more step.
-    result = cli(env, "--json", "train", "--config", "configs/demo.py", "--workdir", out / "soundstorm",
+    # `soundstorm train` resumes the demo's SoundStorm run from its last checkpoint for one more step (the
+    # repository path of a packaged config works from any folder).
+    result = run("--json", "train", "--config", "configs/demo.py", "--workdir", out / "soundstorm",
                  f"--config.data.dir={out / 'data' / 'codes'}", f"--config.total_steps={SOUNDSTORM_STEPS + 1}",
                  "--config.checkpoint.every_steps=1", "--config.logging.every_steps=1")
     assert json.loads(result.stdout.strip().splitlines()[-1])["checkpoints"][-1] == SOUNDSTORM_STEPS + 1
+
+    # A packaged config by name, trained from scratch on the demo's codes (its codebook and levels set to match).
+    result = run("--json", "train", "--config", "tiny", "--workdir", tmp_path / "tiny",
+                 f"--config.data.dir={out / 'data' / 'codes'}", "--config.model.codebook_size=256",
+                 "--config.model.num_quantizers=6", "--config.total_steps=2", "--config.checkpoint.every_steps=2",
+                 "--config.logging.eval_every_steps=100", "--config.model.conformer.depth=1")
+    assert json.loads(result.stdout.strip().splitlines()[-1])["checkpoints"] == [2]
+    result = run("--json", "generate", tmp_path / "tiny", "--frames", 20, "--codec", out / "codec",
+                 "--out", tmp_path / "tiny_samples")
+    audio, rate = soundfile.read(json.loads(result.stdout)["files"][0], dtype="float32")
+    assert rate == RATE and audio.shape == (20 * HOP,) and np.all(np.isfinite(audio))
