@@ -7,9 +7,11 @@ import pytest
 
 from soundstorm_jax import SoundStorm
 from soundstorm_jax.maskgit.schedules import cosine_schedule
-from soundstorm_jax.sampler import decode_pass, generate, lowest_confidence, top_k_filter, top_p_filter
+from soundstorm_jax.maskgit.schedules import linear_schedule
+from soundstorm_jax.sampler import Decoder, DecodePlan, DecodeState, decode, decode_pass, generate, \
+    lowest_confidence, pass_schedule, top_k_filter, top_p_filter
 from soundstorm_jax.sampler.generate import _program, prepare_inputs, setup_decoding
-from tiny import init_model, random_codes, tiny_net
+from tiny import init_model, padding_mask, random_codes, tiny_net
 
 MASK = 16
 
@@ -162,6 +164,29 @@ def test_sampler_options_run(options):
     else:
         out = generate(model, variables, 10, batch_size=2, **kwargs)
         assert out.shape == (2, 10, net.num_columns) and np.all((np.asarray(out) >= 0) & (np.asarray(out) < 16))
+
+
+def test_the_loop_needs_only_a_logits_function():
+    """No model: logits that favour column + frame (mod K) are decoded greedily; the carry counts the passes."""
+    b, n, c, k = 2, 6, 3, 8
+    target = (np.arange(n)[:, None] + np.arange(c)[None, :]) % k                      # (n, c)
+    seen_columns = []
+
+    def logits_fn(codes, columns, passes):
+        seen_columns.append(columns.shape)
+        logits = 5.0 * jax.nn.one_hot(jnp.asarray(target)[:, columns], k)             # (n, g, K)
+        return jnp.broadcast_to(logits, (b,) + logits.shape), passes + 1
+
+    decoder = Decoder(logits_fn=logits_fn, mask_id=k, schedule=linear_schedule)
+    plan = DecodePlan(**pass_schedule((3, 2, 1)), valid=jnp.asarray(padding_mask([6, 4], n)),
+                      fixed=jnp.zeros((b, n, c), bool), keys=jax.random.split(jax.random.key(0), b),
+                      temperature=jnp.float32(0.0), choice_temperature=jnp.float32(0.0), top_p=jnp.float32(1.0))
+    state = jax.jit(lambda p, s: decode(decoder, p, s))(plan, DecodeState(codes=jnp.full((b, n, c), k), carry=0))
+    codes = np.asarray(state.codes)
+    np.testing.assert_array_equal(codes[0], target)
+    np.testing.assert_array_equal(codes[1, :4], target[:4])
+    assert np.all(codes[1, 4:] == k), "padded frames stay [MASK]"
+    assert int(state.carry) == 6 and seen_columns == [(1,)]   # traced once, in the loop body
 
 
 def test_filters_and_ranking():

@@ -49,7 +49,8 @@ def _frame_lengths(num_frames, batch_size, lengths, mask, semantic_ids, net):
         implied = semantic_frames(ids.shape[1], net.acoustic_per_semantic)
         num_frames = implied if num_frames is None else num_frames
         if lengths is None and mask is None:
-            counts = (ids != net.semantic_pad_id).sum(axis=1)
+            # Tokens up to each example's last valid one: the frames its conditioning covers.
+            counts = np.max(np.where(ids != net.semantic_pad_id, np.arange(ids.shape[1]) + 1, 0), axis=1)
             lengths = [min(num_frames, semantic_frames(int(c), net.acoustic_per_semantic)) for c in counts]
     if mask is not None:
         validation.check_mask(mask, (b, np.shape(mask)[1]))

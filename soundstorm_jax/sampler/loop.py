@@ -64,7 +64,10 @@ class Decoder:
 
 @flax.struct.dataclass
 class DecodePlan:
-    """Everything a pass reads and never writes. ``b`` batch, ``n`` frames, ``c`` columns, ``g`` groups, ``P`` passes."""
+    """Everything a pass reads and never writes.
+
+    ``b`` batch, ``n`` frames, ``c`` columns, ``g`` groups, ``P`` passes.
+    """
 
     pass_level: jax.Array     # (P,) int32: the level decoded at each pass
     pass_columns: jax.Array   # (P, g) int32: that level's columns
