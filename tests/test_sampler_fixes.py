@@ -112,17 +112,21 @@ def test_semantic_conditioning_does_not_depend_on_how_much_padding_follows(rate)
         np.testing.assert_array_equal(np.asarray(condition(params, padded)), alone, err_msg=f"{total} tokens")
 
 
-def test_generation_from_semantic_ids_does_not_depend_on_their_padding():
+def test_training_and_generation_from_semantic_ids_do_not_depend_on_their_padding():
     net = tiny_net(num_semantic_token_ids=10, acoustic_per_semantic=1.5)
     model = SoundStorm(net, steps=2)
     tokens = np.array([[3, 1, 4, 1, 5, 9]])
-    variables = init_model(model, random_codes(0, (1, 9, 3)), semantic_ids=tokens)
-    outputs = []
-    for total in (6, 10):
+    codes = random_codes(0, (1, 9, 3))
+    variables = init_model(model, codes, semantic_ids=tokens)
+    loss = jax.jit(lambda s: model.apply(variables, codes, semantic_ids=s, rngs={"masking": jax.random.key(2)})[0])
+    losses, outputs = [], []
+    for total in (6, 7, 10):
         ids = np.full((1, total), -1)
         ids[:, :6] = tokens
+        losses.append(float(loss(ids)))
         outputs.append(np.asarray(generate(model, variables, 9, semantic_ids=ids, lengths=[9],
                                            key=jax.random.key(1))))
+    assert losses[1:] == losses[:1] * 2
     for out in outputs[1:]:
         np.testing.assert_array_equal(out, outputs[0])
 
