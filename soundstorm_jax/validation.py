@@ -116,17 +116,29 @@ def check_codes(codes, *, codebook_size: int, num_quantizers: int, grouped_quant
 
 
 def check_mask(mask, expected_shape: tuple[int, int], name: str = "mask") -> None:
-    """mask ``(b, n)`` boolean, True = valid frame, at least one valid frame per example."""
+    """mask ``(b, n)`` boolean, True = valid frame: each example's valid frames come first (right padding only)
+    and there is at least one.
+
+    The prompt boundary (training and generation) and the cuDNN attention path
+    count valid frames from frame 0, so left padding or holes are refused.
+    """
     shape = tuple(np.shape(mask))
     if shape != tuple(expected_shape):
         raise ValueError(f"{name} must have shape (batch, frames) = {tuple(expected_shape)}, got {shape}")
     if _dtype(mask) != np.bool_:
         raise ValueError(f"{name} must be boolean (True = valid frame), got dtype {_dtype(mask)}")
     if is_concrete(mask):
-        empty = np.flatnonzero(~np.asarray(mask).any(axis=-1))
+        values = np.asarray(mask)
+        empty = np.flatnonzero(~values.any(axis=-1))
         if empty.size:
             raise ValueError(f"{name} marks every frame of example(s) {empty.tolist()} as padding; "
                              f"each example needs at least one valid frame")
+        prefix = np.arange(values.shape[-1]) < values.sum(axis=-1, keepdims=True)
+        holes = np.flatnonzero((values != prefix).any(axis=-1))
+        if holes.size:
+            raise ValueError(f"{name} must mark a prefix of valid frames (padding on the right only), but "
+                             f"example(s) {holes.tolist()} have padding before a valid frame (left padding or a "
+                             f"hole)")
 
 
 def check_semantic_ids(semantic_ids, *, batch: int, num_semantic_token_ids: int | None, pad_id: int,

@@ -13,34 +13,15 @@ Following the paper (Borsos et al. 2023, section 3.2), per example:
 Padded frames (``mask == False``) are never chosen. Unlike soundstorm-pytorch,
 which draws the prompt and level once per batch, every example gets its own.
 Valid frames must come first (``mask`` a prefix per example: right padding
-only), which :func:`check_prefix_mask` enforces at every entry point.
+only), which ``validation.check_mask`` enforces at every entry point.
 """
 from __future__ import annotations
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from soundstorm_jax.maskgit.schedules import ScheduleFn
-
-
-def check_prefix_mask(mask, name: str = "mask") -> None:
-    """``ValueError`` unless every example's valid frames come first (right padding only).
-
-    The prompt boundary (training and generation) and the cuDNN attention path
-    count valid frames from frame 0, so left padding or holes are refused. Like
-    every value check it needs a concrete array: under ``jit`` tracing it
-    cannot look and does nothing.
-    """
-    if isinstance(mask, jax.core.Tracer):
-        return
-    mask = np.asarray(mask, bool)
-    prefix = np.arange(mask.shape[-1]) < mask.sum(axis=-1, keepdims=True)
-    bad = np.flatnonzero((mask != prefix).any(axis=-1))
-    if bad.size:
-        raise ValueError(f"{name} must mark a prefix of valid frames (padding on the right only), but "
-                         f"example(s) {bad.tolist()} have padding before a valid frame (left padding or a hole)")
 
 
 @flax.struct.dataclass

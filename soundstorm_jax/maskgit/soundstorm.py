@@ -22,7 +22,7 @@ import optax
 
 from soundstorm_jax import validation
 from soundstorm_jax.codec.interface import Codec
-from soundstorm_jax.maskgit.masking import TrainingMask, check_prefix_mask, draw_training_mask, masked_inputs
+from soundstorm_jax.maskgit.masking import TrainingMask, draw_training_mask, masked_inputs
 from soundstorm_jax.maskgit.schedules import Schedule, get_schedule, resolve_steps
 from soundstorm_jax.model.layers import default_kernel_init, partitioned
 from soundstorm_jax.model.wrapper import ConformerWrapper
@@ -156,12 +156,9 @@ class SoundStorm(nn.Module):
             frames = -(-np.shape(codes)[1] // self.codec.hop_length)
             if mask is not None:
                 validation.check_mask(mask, (np.shape(codes)[0], frames))
-                check_prefix_mask(mask)
             return self._check_conditioning(np.shape(codes)[0], frames, semantic_ids, cond)
         validation.check_codes(codes, codebook_size=net.codebook_size, num_quantizers=net.num_quantizers,
                                grouped_quantizers=net.grouped_quantizers, mask=mask)
-        if mask is not None:
-            check_prefix_mask(mask)
         self._check_conditioning(codes.shape[0], codes.shape[1], semantic_ids, cond)
 
     def _check_conditioning(self, b, n, semantic_ids, cond) -> None:

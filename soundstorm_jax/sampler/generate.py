@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from soundstorm_jax import validation
-from soundstorm_jax.maskgit.masking import check_prefix_mask
 from soundstorm_jax.maskgit.schedules import get_schedule, resolve_steps
 from soundstorm_jax.model.wrapper import semantic_frames
 from soundstorm_jax.sampler.loop import Decoder, DecodePlan, DecodeState, SamplingOptions, decode, pass_schedule
@@ -54,7 +53,6 @@ def _frame_lengths(num_frames, batch_size, lengths, mask, semantic_ids, net):
             lengths = [min(num_frames, semantic_frames(int(c), net.acoustic_per_semantic)) for c in counts]
     if mask is not None:
         validation.check_mask(mask, (b, np.shape(mask)[1]))
-        check_prefix_mask(mask)
         num_frames = np.shape(mask)[1] if num_frames is None else num_frames
     if num_frames is None:
         raise ValueError("give num_frames (or seconds with a codec, semantic_ids, or a mask) to set the length")

@@ -2,7 +2,7 @@
 
 Weight decay applies to matrices only (kernels, embeddings); biases, norm
 scales and other vectors are not decayed. Gradient accumulation is not part
-of the optax chain: `step.py` scans over microbatches instead (see there).
+of the optax chain: `soundstorm_task.py` scans over microbatches instead (see there).
 """
 from __future__ import annotations
 
