@@ -5,6 +5,7 @@ Eight emulated CPU devices so the sharding tests run on one machine, and fast
 which is why it lives here, at the top of conftest, before anything imports jax.
 """
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "")
 if "--xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
@@ -16,6 +17,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # run the suite at another level.
 if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+# One persistent compilation cache for the whole run, shared by both xdist workers and every subprocess a test
+# starts (they inherit the environment): the same tiny programs are compiled by many tests and commands. Keyed by
+# the program, the compile options and XLA_FLAGS, so a hit is always the executable a compile would have made.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"soundstorm-jax-tests-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}",
+    "jax_cache"))
 
 import jax  # noqa: E402
 

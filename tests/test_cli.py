@@ -39,7 +39,6 @@ def env(tmp_path_factory):
     env = dict(os.environ)
     env["JAX_PLATFORMS"] = "cpu"
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
     env["SOUNDSTORM_JAX_CACHE"] = str(tmp_path_factory.mktemp("corpus_cache"))
     return env
 
@@ -276,7 +275,7 @@ def test_generate_writes_codes_and_audio(env, tmp_path, soundstorm_workdir, code
 
     # Bad inputs, after the model is loaded.
     message = bad_input(env, "encode", tmp_path / "prompt8k.wav", "--codec", soundstorm_workdir)
-    assert "'soundstorm' run, not a codec" in message
+    assert "holds a 'soundstorm' run, not a 'codec' one" in message
     np.save(tmp_path / "huge.npy", np.full((4, 2), 16, np.int16))
     message = bad_input(env, "generate", soundstorm_workdir, "--frames", 12, "--prompt-codes", tmp_path / "huge.npy",
                         "--out", tmp_path / "x")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from codec_test_utils import FAST_COMPILE, simple_audio, tiny_soundstream
 from soundstorm_jax import SoundStorm
-from soundstorm_jax.codec import (Codec, EnCodec, EnCodecCodec, SoundStream, SoundStreamCodec, codec_from_state,
-                                  load_encodec)
+from soundstorm_jax.codec import Codec, EnCodec, EnCodecCodec, SoundStream, SoundStreamCodec, load_encodec
 from tiny import tiny_net
 
 FIXTURE = Path(__file__).resolve().parents[1] / 'fixtures' / 'encodec_24khz.npz'
@@ -18,8 +19,11 @@ PROPERTIES = ("sample_rate", "hop_length", "frame_rate", "num_quantizers", "code
 
 
 @pytest.fixture(scope="module")
-def soundstream_codec(trained_codec) -> SoundStreamCodec:
-    return codec_from_state(trained_codec[1], compiler_options=FAST_COMPILE)
+def soundstream_codec() -> SoundStreamCodec:
+    """Freshly initialised weights: the interface's shapes and names, not reconstruction quality."""
+    model = tiny_soundstream()
+    variables = jax.jit(model.init)({"params": jax.random.key(0)}, jnp.zeros((1, 4 * model.hop_length)))
+    return SoundStreamCodec(model, variables, compiler_options=FAST_COMPILE)
 
 
 @pytest.fixture(scope="module")
