@@ -191,14 +191,29 @@ def test_time_limit_stops_at_a_step_boundary_with_a_checkpoint_and_resumes(tmp_p
 def test_ctrl_c_exits_130_with_one_line_and_leaves_complete_checkpoints(tmp_path, codes_dir, env):
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)
-    # Far more steps than it will take before the signal: a busy machine cannot let the run finish first.
+    # Far more steps than it will take before the signal: a busy machine cannot let the run finish first. The
+    # child starts as from an interactive shell, with SIGINT at its default and unblocked: a process started with
+    # SIGINT ignored or blocked (inherited from whatever ran the test) rightly never sees Ctrl-C.
     proc = subprocess.Popen(command(workdir, codes_dir) + ["--config.total_steps=100000"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while proc.poll() is None and time.time() < deadline and not any(r["step"] >= 3 for r in train_records(workdir)):
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=240)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_shell)
+    try:
+        interrupt_at_step(proc, workdir, 3)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # Never leave a runaway child behind, whatever failed.
     assert proc.returncode == 130, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == "error: interrupted"
     assert complete_checkpoints(workdir) and all(n.isdigit() for n in os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+def interrupt_at_step(proc, workdir, step, timeout=240):
+    """SIGINT to `proc` once its metrics reach `step`."""
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline and not any(r["step"] >= step for r in train_records(workdir)):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+
+
+def as_from_a_shell():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
