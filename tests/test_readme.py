@@ -3,7 +3,8 @@
 They run in a fresh interpreter with XLA's default optimisation level: the
 examples are paper-size (1024 frames, dim 512), so their run time outweighs
 compiling, and the -O0 compiles that tests/conftest.py sets for the rest of
-the suite would make them about 1.6x slower.
+the suite would make them about 1.6x slower. LLVM's expensive passes stay off
+(conftest's other flag): they cost compile time and bought no run time here.
 """
 import os
 import pathlib
@@ -38,10 +39,9 @@ def test_readme_python_blocks_run():
     blocks = python_blocks(README.read_text())
     assert blocks, "the README should hold Python examples"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    # The suite's device count (8 emulated CPUs), without conftest's -O0 compile flags.
+    # The suite's device count (8 emulated CPUs), without conftest's -O0.
     env["XLA_FLAGS"] = " ".join(flag for flag in env.get("XLA_FLAGS", "").split()
-                                if not flag.startswith(("--xla_backend_optimization_level",
-                                                        "--xla_llvm_disable_expensive_passes")))
+                                if not flag.startswith("--xla_backend_optimization_level"))
     # The same matmul precision as the rest of the suite (tests/conftest.py).
     env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
     result = subprocess.run([sys.executable, "-c", RUNNER, str(README)], env=env, cwd=README.parent,
