@@ -17,16 +17,15 @@ from soundstorm_jax.codec.residual_vq import GroupedResidualVQ, QuantizerOutput,
 from soundstorm_jax.codec.soundstream import SoundStream, SoundStreamCodec, SoundStreamOutput
 from soundstorm_jax.codec.spectral import mel_filterbank, mel_spectrogram, stft
 from soundstorm_jax.codec.train_step import (CodecTrainConfig, CodecTrainState, codec_eval_step, codec_from_state,
-                                             codec_losses, codec_train_step, init_codec_train_state,
-                                             make_optimizer)
+                                             codec_losses, codec_optimizer, codec_train_step, init_codec_train_state)
 from soundstorm_jax.codec.vector_quantizer import VectorQuantizer, kmeans, kmeans_plus_plus
 
 __all__ = [
     "Codec", "CodecDiscriminator", "CodecTrainConfig", "CodecTrainState", "EnCodec", "EnCodecCodec",
     "GroupedResidualVQ", "HostCodec", "LocalTransformer", "MultiResolutionSTFTDiscriminator", "MultiScaleDiscriminator",
     "QuantizerOutput", "ResidualVQ", "STFTDiscriminator", "SoundStream", "SoundStreamCodec", "SoundStreamOutput",
-    "VectorQuantizer", "WaveDiscriminator", "codec_eval_step", "codec_from_state", "codec_losses", "codec_train_step",
-    "draw_num_levels", "feature_matching_loss", "hinge_discriminator_loss", "hinge_generator_loss",
+    "VectorQuantizer", "WaveDiscriminator", "codec_eval_step", "codec_from_state", "codec_losses", "codec_optimizer",
+    "codec_train_step", "draw_num_levels", "feature_matching_loss", "hinge_discriminator_loss", "hinge_generator_loss",
     "import_encodec_state_dict", "init_codec_train_state", "kmeans", "kmeans_plus_plus", "load_encodec",
-    "local_attention", "make_optimizer", "mel_filterbank", "mel_spectrogram", "multiscale_mel_loss", "stft",
+    "local_attention", "mel_filterbank", "mel_spectrogram", "multiscale_mel_loss", "stft",
 ]

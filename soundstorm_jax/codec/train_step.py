@@ -81,7 +81,7 @@ class CodecTrainState(flax.struct.PyTreeNode):
     config: CodecTrainConfig = flax.struct.field(pytree_node=False)
 
 
-def make_optimizer(config: CodecTrainConfig) -> optax.GradientTransformation:
+def codec_optimizer(config: CodecTrainConfig) -> optax.GradientTransformation:
     """One (clipped) Adam per parameter group, over params ``{'generator': ..., 'discriminator': ...}``."""
     def adam(lr):
         opt = optax.adam(lr, b1=config.adam_b1, b2=config.adam_b2)
@@ -120,7 +120,7 @@ def _init(config: CodecTrainConfig, rng: jax.Array, sample_audio: jax.Array) -> 
     params = {'generator': variables['params'],
               'discriminator': config.discriminator.init(k_disc, sample_audio)['params']}
     return CodecTrainState(step=jnp.zeros((), jnp.int32), params=params, vq_stats=variables['vq_stats'],
-                           opt_state=make_optimizer(config).init(params), config=config)
+                           opt_state=codec_optimizer(config).init(params), config=config)
 
 
 def _split_batch(outputs, n: int):
@@ -176,7 +176,7 @@ def codec_train_step(state: CodecTrainState, audio: jax.Array, rng: jax.Array) -
         return g_loss + d_loss, aux
 
     grads, (metrics, vq_stats) = jax.grad(total_loss, has_aux=True)(state.params)
-    updates, opt_state = make_optimizer(state.config).update(grads, state.opt_state, state.params)
+    updates, opt_state = codec_optimizer(state.config).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics['generator_grad_norm'] = optax.tree.norm(grads['generator'])
     metrics['discriminator_grad_norm'] = optax.tree.norm(grads['discriminator'])
