@@ -185,10 +185,6 @@ def test_encode_decode_and_resumed_training_on_the_demo_runs(demo, run, tmp_path
     # A packaged config by name, trained from scratch on the demo's codes (its codebook and levels set to match).
     result = run("--json", "train", "--config", "tiny", "--workdir", tmp_path / "tiny",
                  f"--config.data.dir={out / 'data' / 'codes'}", "--config.model.codebook_size=256",
-                 "--config.model.num_quantizers=6", "--config.total_steps=2", "--config.checkpoint.every_steps=2",
+                 "--config.model.num_quantizers=6", "--config.total_steps=1", "--config.checkpoint.every_steps=1",
                  "--config.logging.eval_every_steps=100", "--config.model.conformer.depth=1")
-    assert json.loads(result.stdout.strip().splitlines()[-1])["checkpoints"] == [2]
-    result = run("--json", "generate", tmp_path / "tiny", "--frames", 20, "--codec", out / "codec",
-                 "--out", tmp_path / "tiny_samples")
-    audio, rate = soundfile.read(json.loads(result.stdout)["files"][0], dtype="float32")
-    assert rate == RATE and audio.shape == (20 * HOP,) and np.all(np.isfinite(audio))
+    assert json.loads(result.stdout.strip().splitlines()[-1])["checkpoints"] == [1]
