@@ -24,7 +24,6 @@ if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"soundstorm-jax-tests-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}",
     "jax_cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # Every subprocess recompiles small ones too.
 
 import jax  # noqa: E402
 
