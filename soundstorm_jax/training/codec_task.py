@@ -153,6 +153,7 @@ class CodecTask:
     kind = "codec"
 
     def __init__(self, config: Any, mesh: Mesh):
+        config_lib.check_config(config)
         self.config, self.mesh = config, mesh
         if int(mesh.shape.get("tensor", 1)) != 1:
             raise ValueError(f"the codec has no tensor-parallel layout: set mesh.shape.tensor=1 "

@@ -152,8 +152,8 @@ def check_config(config: Any) -> None:
 
 
 def read_section(config: Any, path: str) -> dict[str, Any]:
-    """The checked section at `path` (e.g. 'model.generator') as a plain dict: the one reader every task uses."""
-    check_config(config)
+    """The section at `path` (e.g. 'model.generator') as a plain dict ({} when absent): how every task reads a
+    config, after `check_config` has passed it once (each task's constructor does)."""
     node = config
     for part in path.split("."):
         node = node.get(part) if _is_section(node) else None

@@ -50,7 +50,8 @@ PIPELINE_KEYS = ("batch_size", "max_frames", "frame_rate", "semantic_rate", "cod
 # ---- config -> model and inputs --------------------------------------------------------------------------
 
 def build_model(config: Any) -> SoundStorm:
-    """`config.model`, `config.objective` -> `SoundStorm(ConformerWrapper(...), ...)`."""
+    """`config.model`, `config.objective` -> `SoundStorm(ConformerWrapper(...), ...)` (the config checked first)."""
+    config_lib.check_config(config)
     fields = config_lib.read_section(config, "model")
     for name in ("dtype", "param_dtype"):
         fields[name] = jnp.dtype(fields.get(name) or "float32")

@@ -75,8 +75,7 @@ class Task(Protocol):
 
 
 def build_task(config: Any, mesh: Mesh) -> Task:
-    """The task for `config.kind` on `mesh` (the config is checked first)."""
-    config_lib.check_config(config)
+    """The task for `config.kind` on `mesh` (each task checks the config before building anything)."""
     if config_lib.kind_of(config) == "codec":
         from soundstorm_jax.training.codec_task import CodecTask
         return CodecTask(config, mesh)
