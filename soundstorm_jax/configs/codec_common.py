@@ -60,7 +60,14 @@ def codec_base_config() -> ml_collections.ConfigDict:
 
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
 
+    # Metrics go to stdout, workdir/metrics.jsonl and (tensorboard=True) TensorBoard event files in
+    # workdir/tensorboard; each evaluation logs tensorboard_samples reconstructed validation clips (0: none).
     c.logging = ml_collections.ConfigDict(dict(
         every_steps=50, eval_every_steps=1000,
-        eval_batches=placeholder(int)))  # None = the whole validation split
+        eval_batches=placeholder(int),  # None = the whole validation split
+        tensorboard=True, tensorboard_samples=2))
+
+    # JAX's persistent compilation cache (soundstorm_jax/training/compile_cache.py): a restarted run loads its
+    # compiled steps. dir '' = workdir/compile_cache; JAX_COMPILATION_CACHE_DIR, when set, is used instead.
+    c.compile_cache = ml_collections.ConfigDict(dict(enabled=True, dir="", min_compile_seconds=0.1))
     return c

@@ -70,8 +70,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(
         every_steps=1000, keep=3, async_save=True))
 
+    # Metrics go to stdout, workdir/metrics.jsonl and (tensorboard=True) TensorBoard event files in
+    # workdir/tensorboard. With samples_codec set (a codec workdir or an EnCodec checkpoint file), each evaluation
+    # also logs tensorboard_samples generated samples of the evaluation split as audio and spectrograms (0: none).
     c.logging = ml_collections.ConfigDict(dict(
         every_steps=50, eval_every_steps=1000,
         eval_batches=ml_collections.config_dict.placeholder(int),  # None = the whole split
-        peak_flops=ml_collections.config_dict.placeholder(float)))  # per device, for MFU
+        peak_flops=ml_collections.config_dict.placeholder(float),  # per device, for MFU
+        tensorboard=True, tensorboard_samples=2,
+        samples_codec=ml_collections.config_dict.placeholder(str)))
+
+    # JAX's persistent compilation cache (soundstorm_jax/training/compile_cache.py): a restarted run loads its
+    # compiled steps. dir '' = workdir/compile_cache; JAX_COMPILATION_CACHE_DIR, when set, is used instead.
+    c.compile_cache = ml_collections.ConfigDict(dict(enabled=True, dir="", min_compile_seconds=0.1))
     return c

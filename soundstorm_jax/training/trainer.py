@@ -37,6 +37,7 @@ from jax.sharding import Mesh
 from soundstorm_jax.data import PipelineConfig, audio_folder, make_eval_iterator, make_train_iterator
 from soundstorm_jax.training import checkpoint as checkpoint_lib, config as config_lib, metrics as metrics_lib, \
     sharding
+from soundstorm_jax.training import compile_cache, tensorboard as tensorboard_lib
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ class TrainSummary:
     seconds: float
     last_metrics: dict
     last_eval: Optional[dict]
+    train_step_compile: Optional[dict] = None  # compile_cache.CompileReport of the first step: cache hits, seconds
 
 
 def train_and_evaluate(config: Any, workdir: str, *, time_limit_s: Optional[float] = None,
@@ -192,6 +194,7 @@ def train_and_evaluate(config: Any, workdir: str, *, time_limit_s: Optional[floa
     deadline = None if time_limit_s is None else start + float(time_limit_s)
     config_lib.check_config(config)  # Unknown keys or kinds fail before anything is built.
     config_lib.check_saved_config(workdir, config)
+    compile_cache.configure(config, workdir)  # Before anything compiles.
 
     mesh = sharding.make_mesh(config.mesh.shape)
     task = build_task(config, mesh)
@@ -212,11 +215,18 @@ def train_and_evaluate(config: Any, workdir: str, *, time_limit_s: Optional[floa
     step = int(state.step)
 
     writer = metrics_lib.MetricsWriter(workdir, stream=stream)
-    last_metrics, last_eval, stopped = {}, None, "finished"
+    board = tensorboard_lib.TensorBoardWriter(workdir, task, builder, start_step=step)
+    last_metrics, last_eval, stopped, step_compile = {}, None, "finished", None
     tick, steps_since_log = time.perf_counter(), 0
-    with contextlib.closing(ckpt), checkpoint_lib.PreemptionFlag() as preempted:
+    with contextlib.closing(ckpt), contextlib.closing(board), checkpoint_lib.PreemptionFlag() as preempted:
         while step < config.total_steps:
-            state, metrics = task.train_step(state, task.device_batch(next(data), train=True))
+            batch = task.device_batch(next(data), train=True)
+            if step_compile is None:  # The first call compiles the step, or loads it from the persistent cache.
+                with compile_cache.watch() as step_compile:
+                    state, metrics = task.train_step(state, batch)
+                log.info(step_compile.describe("train step"))
+            else:
+                state, metrics = task.train_step(state, batch)
             step += 1
             steps_since_log += 1
             ckpt.save(step, state, data.get_state())  # Async; only on checkpoint.every_steps.
@@ -229,6 +239,7 @@ def train_and_evaluate(config: Any, workdir: str, *, time_limit_s: Optional[floa
                 step_time = (time.perf_counter() - tick) / steps_since_log
                 last_metrics = dict(step=step, **task.log_record(metrics, step_time))
                 writer.write(last_metrics)
+                board.write(last_metrics)
                 tick, steps_since_log = time.perf_counter(), 0
             if on_step is not None:
                 on_step(step)
@@ -238,6 +249,8 @@ def train_and_evaluate(config: Any, workdir: str, *, time_limit_s: Optional[floa
                 if result is not None:
                     last_eval = dict(step=step, **result)
                     writer.write(last_eval)
+                    board.write(last_eval)
+                board.evaluated(state, step)  # Audio samples / reconstructions, when configured.
                 tick = time.perf_counter()
 
             if preempted.is_set() or out_of_time:
@@ -250,7 +263,8 @@ def train_and_evaluate(config: Any, workdir: str, *, time_limit_s: Optional[floa
             ckpt.save(step, state, data.get_state(), force=True)
     # Closing the Checkpointer waited for the last save: it is complete when this returns.
     return TrainSummary(step=step, stopped=stopped, seconds=time.perf_counter() - start,
-                        last_metrics=last_metrics, last_eval=last_eval)
+                        last_metrics=last_metrics, last_eval=last_eval,
+                        train_step_compile=None if step_compile is None else step_compile.as_dict())
 
 
 __all__ = ["JitStep", "Task", "TrainSummary", "build_task", "evaluate", "keep_if_finite", "open_dataset",
