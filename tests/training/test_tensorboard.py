@@ -5,6 +5,8 @@ decoding its samples with that codec: every scalar of metrics.jsonl is in the
 events at its step with its value, and each evaluation left audio and
 spectrograms (codec reconstructions; SoundStorm generations).
 """
+import contextlib
+import io
 import json
 import os
 import types
@@ -73,12 +75,18 @@ def test_codec_run_logs_its_metrics_and_reconstructions(codec_workdir):
 
 
 def test_soundstorm_run_logs_its_metrics_and_generated_audio(tmp_path, codes_dir, codec_workdir):
-    config = tiny_config(total_steps=2)
-    config.data.dir = codes_dir
-    config.logging.every_steps, config.logging.eval_every_steps = 1, 2
-    config.logging.samples_codec = codec_workdir
-    config.logging.peak_flops = 1e12  # MFU is logged too.
-    training.train_and_evaluate(config, str(tmp_path), stream=None)
+    """`soundstorm train ... --config.logging.samples_codec=CODEC_WORKDIR`, the README's command (in this process)."""
+    from soundstorm_jax.cli.main import main
+    args = ["--json", "train", "--config", "tiny", "--workdir", str(tmp_path), f"--config.data.dir={codes_dir}",
+            f"--config.logging.samples_codec={codec_workdir}", "--config.total_steps=2",
+            "--config.logging.every_steps=1", "--config.logging.eval_every_steps=2",
+            "--config.logging.peak_flops=1e12",  # MFU is logged too.
+            "--config.model.conformer.depth=1", "--config.data.max_frames=16",
+            "--config.compiler_options.xla_backend_optimization_level=0",
+            "--config.compiler_options.xla_llvm_disable_expensive_passes=True"]
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert main(args) == 0
+    assert json.loads(stdout.getvalue().splitlines()[-1])["step"] == 2
 
     events = assert_scalars_match_metrics(str(tmp_path))
     tags = events.Tags()
