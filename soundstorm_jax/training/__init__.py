@@ -10,6 +10,8 @@
   state            SoundStorm's TrainState, bytes per device
   optimizer        AdamW + warmup/cosine + clipping
   metrics          JSON-lines writer, FLOP estimates, MFU
+  tensorboard      TensorBoard event files (tensorboardX): every metric, audio samples and spectrograms
+  compile_cache    the run's persistent compilation cache (WORKDIR/compile_cache), what the first step loaded
 """
 from soundstorm_jax.training.checkpoint import Checkpointer, PreemptionFlag
 from soundstorm_jax.training.config import (ConfigError, apply_overrides, check_config, check_saved_config,

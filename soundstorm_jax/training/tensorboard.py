@@ -97,7 +97,7 @@ class _ObjectStoreEventFile:
     def flush(self) -> None:
         try:
             self.path.write_bytes(self.buffer.getvalue())
-        except Exception as e:  # noqa: BLE001 - TensorBoard must never stop (or hang) a training run.
+        except Exception as e:  # noqa: BLE001 - a failed upload must not stop training; the next flush retries.
             log.warning("could not write %s (%s: %s); retrying at the next flush", self.path, type(e).__name__, e)
 
     def close(self) -> None:

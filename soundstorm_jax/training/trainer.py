@@ -8,8 +8,9 @@
 (`codec_task.py`). A task supplies only what differs between models (see
 `Task`); the loop owns the rest: the mesh, the data iterator, Orbax
 checkpoints with the iterator's position (resume), SIGTERM, the logging and
-evaluation cadence, metrics.jsonl. A second call with the same workdir
-resumes from the latest complete checkpoint. A time limit stops at a step
+evaluation cadence, metrics.jsonl and TensorBoard (`tensorboard.py`), the
+run's compilation cache (`compile_cache.py`). A second call with the same
+workdir resumes from the latest complete checkpoint. A time limit stops at a step
 boundary and saves that step; the learning-rate schedule still follows
 `config.total_steps`.
 
