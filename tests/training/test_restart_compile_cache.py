@@ -81,6 +81,15 @@ def test_a_restarted_run_loads_its_train_step_from_the_workdir_cache(tmp_path, c
     assert not BAR.search(stderr) and "step/s" not in stderr  # No bar with --json.
 
 
+def test_no_progress_bar_with_quiet_or_json_or_on_other_processes():
+    from soundstorm_jax.cli.common import Output
+    from soundstorm_jax.cli.train import progress
+
+    for out, process_zero in ((Output(quiet=True), True), (Output(as_json=True), True), (Output(), False)):
+        with progress(out, 10, shown=process_zero) as (on_step, stream):
+            assert on_step is None and stream is sys.stdout
+
+
 @pytest.fixture
 def no_cache_set(monkeypatch):
     """JAX's cache dir unset for the test (the suite's own, from tests/conftest.py, is put back afterwards)."""

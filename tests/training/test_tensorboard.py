@@ -3,7 +3,9 @@
 One tiny codec run (2 steps, evaluated at step 2) and one tiny SoundStorm run
 decoding its samples with that codec: every scalar of metrics.jsonl is in the
 events at its step with its value, and each evaluation left audio and
-spectrograms (codec reconstructions; SoundStorm generations).
+spectrograms (codec reconstructions; SoundStorm generations). Then the
+switches (tensorboard=False, tensorboard_samples=0), a samples_codec that is
+not there, and a gs:// logdir on the storage emulator (tests/gcs_emulator.py).
 """
 import contextlib
 import io
@@ -19,10 +21,9 @@ from test_codec_training import codec_config
 from soundstorm_jax import training
 from soundstorm_jax.training import tensorboard
 
-pytest.importorskip("tensorboard", reason="the events are read with TensorBoard's reader (the tests' extra)")
-
 
 def read_events(logdir):
+    """TensorBoard's own reader (the `tensorboard` package, a test extra) over `logdir`, every event kept."""
     from tensorboard.backend.event_processing import event_accumulator as ea
     keep_all = {ea.SCALARS: 0, ea.AUDIO: 0, ea.IMAGES: 0}
     return ea.EventAccumulator(str(logdir), size_guidance=keep_all).Reload()
