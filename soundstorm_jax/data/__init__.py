@@ -20,6 +20,6 @@ from soundstorm_jax.data.espeak_ffi import synthesize
 from soundstorm_jax.data.grammar import sentences
 from soundstorm_jax.data.phonemes import (PAD_ID, PHONEMES, SILENCE_ID, UNKNOWN_ID, VOCAB_SIZE, TimedPhonemes,
                                           check_speakable, phoneme_id, phonemize)
-from soundstorm_jax.data.pipeline import (PipelineConfig, config_from_dict, crop_example, make_eval_dataset,
-                                          make_eval_iterator, make_train_dataset, make_train_iterator,
-                                          semantic_frames, semantic_ratio, shard_range)
+from soundstorm_jax.data.pipeline import (PipelineConfig, config_from_dict, crop_example, host_rows,
+                                          make_eval_dataset, make_eval_iterator, make_train_dataset,
+                                          make_train_iterator, semantic_frames, semantic_ratio)

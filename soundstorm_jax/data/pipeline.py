@@ -1,12 +1,12 @@
 """The grain input pipeline: fixed-shape numpy batches from a data source.
 
     source (random access, e.g. `builder.as_data_source("train")`)
-      -> this host's shard of record indices (equal-sized, disjoint shards)
-      -> shuffle(seed), reshuffled every epoch -> repeat(num_epochs)
-      -> load record, random crop of `max_frames`, pad, masks
-      -> batch(batch_size // process_count)
+      -> the global order: shuffle(seed), reshuffled every epoch -> repeat(num_epochs)
+      -> global batches of `batch_size` positions; this host loads only its
+         rows of each (`rows`, default an equal contiguous share per host)
+      -> load record, random crop of `max_frames`, pad, masks -> batch
 
-Batch (B = per-host batch, T = max_frames, S = semantic_frames(config)):
+Batch (B = this host's rows of the global batch, T = max_frames, S = semantic_frames(config)):
 
   codes:         int32 (B, T, levels)   [feature="codes"]
   audio:         float32 (B, T)         [feature="audio", T in samples]
@@ -169,93 +169,88 @@ def empty_example(record: dict, config: PipelineConfig) -> dict:
     return {k: (np.full_like(v, pads[k]) if k in pads else v) for k, v in example.items()}
 
 
-def shard_range(num_records: int, process_index: int, process_count: int,
-                *, drop_remainder: bool = True) -> range:
-    """The record indices host `process_index` of `process_count` reads.
-
-    Contiguous, disjoint shards. With `drop_remainder` every shard has
-    num_records // process_count records (all hosts run the same number of
-    steps; the last num_records % process_count records are never read);
-    without, shard sizes differ by at most one and together cover everything.
-    """
-    options = grain.sharding.ShardOptions(process_index, process_count, drop_remainder)
-    count, index = options.shard_count, options.shard_index
-    if not 0 <= index < count:
-        raise ValueError(f"process_index {index} is not in [0, {count})")
-    if num_records < count:
-        raise ValueError(f"{num_records} records cannot be shared by {count} processes")
-    if options.drop_remainder:
-        size = num_records // count
-        return range(index * size, (index + 1) * size)
-    bounds = [num_records * k // count for k in range(count + 1)]
-    return range(bounds[index], bounds[index + 1])
+def host_rows(batch_size: int, process_index: int, process_count: int) -> range:
+    """The rows of every global batch that host `process_index` of `process_count` reads: an equal,
+    contiguous share (what `jax.make_array_from_process_local_data` expects when each host's devices hold
+    a contiguous block of the batch axis; `training.sharding.process_rows` derives it from a sharding)."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    if batch_size % process_count:
+        raise ValueError(f"batch_size {batch_size} is not divisible by process_count {process_count}")
+    share = batch_size // process_count
+    return range(process_index * share, (process_index + 1) * share)
 
 
-def _host_batch_size(config: PipelineConfig, process_count: int) -> int:
-    if config.batch_size % process_count:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by "
-                         f"process_count {process_count}")
-    return config.batch_size // process_count
-
-
-def _process(process_index: Optional[int], process_count: Optional[int]) -> tuple[int, int]:
-    if process_index is None or process_count is None:
-        import jax  # Only when the caller leaves the host layout to JAX.
-        return jax.process_index(), jax.process_count()
-    return process_index, process_count
+def _rows(config: PipelineConfig, rows: Optional[range], process_index: Optional[int],
+          process_count: Optional[int]) -> range:
+    if rows is None:
+        if process_index is None or process_count is None:
+            import jax  # Only when the caller leaves the host layout to JAX.
+            process_index, process_count = jax.process_index(), jax.process_count()
+        return host_rows(config.batch_size, process_index, process_count)
+    if not (0 <= rows.start < rows.stop <= config.batch_size and rows.step == 1):
+        raise ValueError(f"rows {rows} are not a contiguous part of a batch of {config.batch_size}")
+    return rows
 
 
 def make_train_dataset(config: PipelineConfig, data_source: Sequence[dict], *, seed: int,
-                       process_index: Optional[int] = None,
+                       rows: Optional[range] = None, process_index: Optional[int] = None,
                        process_count: Optional[int] = None) -> grain.MapDataset:
-    """This host's training batches as a `grain.MapDataset` (see the module docstring).
+    """This host's part of every global training batch, as a `grain.MapDataset`.
+
+    Every host derives the same global order (shuffled with `seed`, reshuffled
+    each epoch); global batch i is positions [i*B, (i+1)*B) of it, and a host
+    loads only its `rows` of each. So the global batches, and a run's losses,
+    do not depend on how many hosts share them.
 
     Args:
       data_source: random-access records (`len` and `__getitem__`).
       seed: shuffles and crops; the same on every host.
+      rows: this host's rows of a global batch (default: `host_rows` of
+        process_index/process_count).
       process_index, process_count: this host and the number of hosts;
         None asks JAX (`jax.process_index()`, `jax.process_count()`).
     """
-    process_index, process_count = _process(process_index, process_count)
-    host_batch = _host_batch_size(config, process_count)
-    shard = shard_range(len(data_source), process_index, process_count)
-    if len(shard) < host_batch:
-        raise ValueError(f"this host's shard has {len(shard)} records, fewer than "
-                         f"its batch of {host_batch}")
-    ds = grain.MapDataset.range(len(shard))
+    rows = _rows(config, rows, process_index, process_count)
+    num_records = len(data_source)
+    if num_records < config.batch_size:
+        raise ValueError(f"the data has {num_records} records, fewer than the batch of {config.batch_size}")
+    order = grain.MapDataset.range(num_records)
     if config.shuffle:
-        ds = ds.shuffle(seed=seed)  # grain mixes the epoch into the seed.
-    ds = ds.repeat(config.num_epochs)
+        order = order.shuffle(seed=seed)  # grain mixes the epoch into the seed.
+    order = order.repeat(config.num_epochs)
+    batches = len(order) // config.batch_size
 
-    def load(position: int, local: int) -> dict:
-        index, epoch = shard[local], position // len(shard)
+    def load(local: int) -> dict:
+        # Local position -> global position -> record; the epoch is the global pass it falls in.
+        position = (local // len(rows)) * config.batch_size + rows.start + local % len(rows)
+        index, epoch = int(order[position]), position // num_records
         rng = np.random.default_rng([seed, index, epoch]) if config.random_crop else None
         return crop_example(data_source[index], config, rng=rng, index=index)
 
-    return ds.map_with_index(load).batch(host_batch, drop_remainder=True)
+    return grain.MapDataset.range(batches * len(rows)).map(load).batch(len(rows), drop_remainder=True)
 
 
-def make_eval_dataset(config: PipelineConfig, data_source: Sequence[dict], *,
+def make_eval_dataset(config: PipelineConfig, data_source: Sequence[dict], *, rows: Optional[range] = None,
                       process_index: Optional[int] = None,
                       process_count: Optional[int] = None) -> grain.MapDataset:
-    """One ordered pass over this host's shard: first windows, nothing dropped.
+    """This host's part of one ordered pass: first windows, nothing dropped.
 
-    Every record is read by exactly one host. The last batches are filled
-    with fully masked examples (index -1) so every host yields the same number
-    of full-size batches.
+    Global batch i holds records [i*B, (i+1)*B) and the last one is filled
+    with fully masked examples (index -1); each host loads its `rows` of each,
+    so every record is read by exactly one host.
     """
-    process_index, process_count = _process(process_index, process_count)
-    host_batch = _host_batch_size(config, process_count)
-    shard = shard_range(len(data_source), process_index, process_count, drop_remainder=False)
-    longest = math.ceil(len(data_source) / process_count)
-    padded = host_batch * math.ceil(longest / host_batch)
+    rows = _rows(config, rows, process_index, process_count)
+    num_records = len(data_source)
+    batches = math.ceil(num_records / config.batch_size)
 
     def load(local: int) -> dict:
-        if local < len(shard):
-            return crop_example(data_source[shard[local]], config, rng=None, index=shard[local])
+        position = (local // len(rows)) * config.batch_size + rows.start + local % len(rows)
+        if position < num_records:
+            return crop_example(data_source[position], config, rng=None, index=position)
         return empty_example(data_source[0], config)
 
-    return grain.MapDataset.range(padded).map(load).batch(host_batch, drop_remainder=True)
+    return grain.MapDataset.range(batches * len(rows)).map(load).batch(len(rows), drop_remainder=True)
 
 
 def to_iterator(ds: grain.MapDataset, config: PipelineConfig) -> grain.DatasetIterator:
@@ -266,19 +261,18 @@ def to_iterator(ds: grain.MapDataset, config: PipelineConfig) -> grain.DatasetIt
 
 
 def make_train_iterator(config: PipelineConfig, data_source: Sequence[dict], *, seed: int,
-                        process_index: Optional[int] = None,
+                        rows: Optional[range] = None, process_index: Optional[int] = None,
                         process_count: Optional[int] = None) -> grain.DatasetIterator:
     """`make_train_dataset` as a checkpointable iterator of numpy batches."""
-    return to_iterator(make_train_dataset(config, data_source, seed=seed,
-                                          process_index=process_index,
-                                          process_count=process_count), config)
+    return to_iterator(make_train_dataset(config, data_source, seed=seed, rows=rows,
+                                          process_index=process_index, process_count=process_count), config)
 
 
-def make_eval_iterator(config: PipelineConfig, data_source: Sequence[dict], *,
+def make_eval_iterator(config: PipelineConfig, data_source: Sequence[dict], *, rows: Optional[range] = None,
                        process_index: Optional[int] = None,
                        process_count: Optional[int] = None) -> grain.DatasetIterator:
     """`make_eval_dataset` as an iterator of numpy batches."""
-    return to_iterator(make_eval_dataset(config, data_source, process_index=process_index,
+    return to_iterator(make_eval_dataset(config, data_source, rows=rows, process_index=process_index,
                                          process_count=process_count), config)
 
 

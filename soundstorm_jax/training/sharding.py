@@ -42,12 +42,14 @@ Rules = tuple[tuple[str, Any], ...]
 
 
 def maybe_initialize_distributed() -> bool:
-    """`jax.distributed.initialize()` when the environment describes several processes.
+    """`jax.distributed.initialize(...)` when the environment describes several processes.
 
-    Cluster environments (TPU VMs, SLURM, or JAX_COORDINATOR_ADDRESS +
-    JAX_NUM_PROCESSES + JAX_PROCESS_ID) are detected by JAX itself; a plain
-    single-process run skips it. Must run before anything touches devices.
-    Returns whether it initialised.
+    Reads JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (what
+    `soundstorm launch` sets) and SOUNDSTORM_HEARTBEAT_TIMEOUT (seconds after
+    which a silent process counts as dead and the job stops; JAX's default is
+    100); cluster environments (TPU VMs, SLURM) are detected by JAX itself.
+    A plain single-process run skips it. Must run before anything touches
+    devices. Returns whether it initialised.
     """
     env = os.environ
     multi = (int(env.get("JAX_NUM_PROCESSES", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in env
@@ -55,7 +57,23 @@ def maybe_initialize_distributed() -> bool:
              or "MEGASCALE_COORDINATOR_ADDRESS" in env)
     if not multi:
         return False
-    jax.distributed.initialize()
+    kwargs = {}
+    for key, name in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"),
+                      ("heartbeat_timeout_seconds", "SOUNDSTORM_HEARTBEAT_TIMEOUT")):
+        if env.get(name):
+            try:
+                kwargs[key] = int(env[name])
+            except ValueError:
+                raise ValueError(f"environment variable {name}={env[name]!r} is not an integer") from None
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError) as e:  # E.g. a process id out of range, or an unreachable coordinator.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"jax.distributed.initialize failed ({first}); check JAX_COORDINATOR_ADDRESS="
+                         f"{env.get('JAX_COORDINATOR_ADDRESS')!r}, JAX_NUM_PROCESSES={env.get('JAX_NUM_PROCESSES')!r}, "
+                         f"JAX_PROCESS_ID={env.get('JAX_PROCESS_ID')!r}") from e
+    log.info("process %d of %d; %d local devices of %d", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
     return True
 
 
@@ -191,6 +209,22 @@ def state_shardings(boxed_abstract: Any, mesh: Mesh, rules: Rules, *, fsdp_min_s
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             nn.unbox(boxed_abstract), shardings)
     return abstract, shardings
+
+
+def process_rows(sharding: NamedSharding, batch_size: int) -> range:
+    """The rows of a global batch of `batch_size` that this process's devices hold under `sharding`.
+
+    The data pipeline loads exactly these rows (`data.make_train_iterator(rows=...)`), and
+    `global_batch` assembles the global array from them. They must be contiguous, as they are when each
+    host's devices form a block of the batch axes (every mesh `make_mesh` builds).
+    """
+    held = sorted({index[0].indices(batch_size)[:2]
+                   for index in sharding.addressable_devices_indices_map((batch_size,)).values()})
+    start, stop = held[0][0], held[-1][1]
+    if any(b[0] > a[1] for a, b in zip(held, held[1:])):
+        raise ValueError(f"this process's devices hold rows {held} of the batch, not one contiguous block; "
+                         f"order the mesh's devices so that each process's devices are adjacent on the batch axes")
+    return range(start, stop)
 
 
 def global_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

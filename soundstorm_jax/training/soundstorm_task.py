@@ -75,7 +75,9 @@ def host_batch(batch: Mapping[str, np.ndarray], model: SoundStorm, *, check: boo
 
     Semantic padding becomes the network's `semantic_pad_id`; `check` runs the
     model's host-side input checks (examples with no valid frame, i.e.
-    evaluation padding, are left out of the check: they add no targets).
+    evaluation padding, are left out of the check: they add no targets; with
+    several hosts one host's part of the last evaluation batch may be all
+    padding).
     """
     out = {"codes": np.asarray(batch["codes"], np.int32), "mask": np.asarray(batch["mask"], bool)}
     if "semantic_ids" in batch and model.net.num_semantic_token_ids is not None:
@@ -83,10 +85,9 @@ def host_batch(batch: Mapping[str, np.ndarray], model: SoundStorm, *, check: boo
                                        model.net.semantic_pad_id).astype(np.int32)
     if check:
         real = out["mask"].any(axis=1)
-        if not real.any():
-            raise ValueError("a batch holds no valid frame at all")
-        model.check_inputs(out["codes"][real], out["mask"][real],
-                           out["semantic_ids"][real] if "semantic_ids" in out else None)
+        if real.any():
+            model.check_inputs(out["codes"][real], out["mask"][real],
+                               out["semantic_ids"][real] if "semantic_ids" in out else None)
     return out
 
 

@@ -125,20 +125,17 @@ def test_epochs_are_reshuffled_and_cover_the_shard():
     assert list(order[:12]) != list(order[12:]) and list(order[:12]) != list(range(12))
 
 
-@pytest.mark.parametrize("num_records", [10, 13])
-@pytest.mark.parametrize("count", [1, 2, 3, 4])
-def test_shard_ranges_are_disjoint_and_cover(num_records, count):
-    shards = [pipeline.shard_range(num_records, i, count) for i in range(count)]
-    assert len({len(s) for s in shards}) == 1  # Every host runs the same number of steps.
-    flat = [i for s in shards for i in s]
-    assert len(flat) == len(set(flat)) == num_records - num_records % count
-    shards = [pipeline.shard_range(num_records, i, count, drop_remainder=False)
-              for i in range(count)]
-    assert sorted(i for s in shards for i in s) == list(range(num_records))
+@pytest.mark.parametrize("count", [1, 2, 3, 6])
+def test_host_rows_split_a_batch_into_equal_contiguous_shares(count):
+    shares = [pipeline.host_rows(6, i, count) for i in range(count)]
+    assert [i for s in shares for i in s] == list(range(6))
+    assert len({len(s) for s in shares}) == 1
 
 
-def test_per_host_iterators_read_disjoint_shards_that_cover_the_data(tmp_path):
-    """End to end: .npy codes -> TFDS ArrayRecord -> grain, as 3 simulated hosts."""
+def test_hosts_read_disjoint_parts_of_the_same_global_batches(tmp_path):
+    """End to end: .npy codes -> TFDS ArrayRecord -> grain, as 1 host and as 3 simulated hosts: each host
+    reads only its rows, and the hosts' rows stacked are exactly the one-host batches (so a run's losses do
+    not depend on the number of hosts)."""
     npy = tmp_path / "npy"
     npy.mkdir()
     records = timeline_records(LENGTHS)
@@ -149,21 +146,25 @@ def test_per_host_iterators_read_disjoint_shards_that_cover_the_data(tmp_path):
                                                   codebook_size=1024, validation_fraction=0.0)
     source = builder.as_data_source("train")
     stored = [{"codes": s["codes"], "semantic_ids": s["semantic_ids"]} for s in source]
-    config = pipeline.PipelineConfig(**{**CONFIG.__dict__, "batch_size": 6, "num_epochs": 1})
+    config = pipeline.PipelineConfig(**{**CONFIG.__dict__, "batch_size": 6, "num_epochs": 2})
     host_config = pipeline.PipelineConfig(**{**config.__dict__, "batch_size": 2})
-    seen = []
-    for host in range(3):
-        it = pipeline.make_train_iterator(config, source, seed=3, process_index=host,
-                                          process_count=3)
-        indices = []
-        for batch in it:
-            assert batch["codes"].shape[0] == 2  # Each host makes 1/3 of the global batch.
-            check_batch(batch, stored, host_config)
-            indices.extend(batch["index"].tolist())
-        assert sorted(indices) == list(pipeline.shard_range(len(source), host, 3))
-        seen.append(set(indices))
-    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
-    assert len(seen[0] | seen[1] | seen[2]) == len(source) - len(source) % 3
+    one_host = list(pipeline.make_train_iterator(config, source, seed=3, process_index=0, process_count=1))
+    per_host = [list(pipeline.make_train_iterator(config, source, seed=3, process_index=host, process_count=3))
+                for host in range(3)]
+    assert len(one_host) == 2 * len(source) // 6
+    for step, whole in enumerate(one_host):
+        parts = [batches[step] for batches in per_host]
+        for part in parts:
+            assert part["codes"].shape[0] == 2  # Each host makes 1/3 of the global batch.
+            check_batch(part, stored, host_config)
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+        indices = [set(p["index"].tolist()) for p in parts]
+        if step < len(source) // 6:  # (A batch across an epoch boundary may hold a record twice.)
+            assert not (indices[0] & indices[1] or indices[0] & indices[2] or indices[1] & indices[2])
+    # Explicit rows (what the trainer derives from the batch sharding) are the same thing.
+    rows = list(pipeline.make_train_iterator(config, source, seed=3, rows=range(2, 4)))
+    np.testing.assert_array_equal(rows[0]["codes"], per_host[1][0]["codes"])
 
 
 def test_audio_crops_from_a_wav_folder(audio_dir, tmp_path):
@@ -213,7 +214,7 @@ def test_eval_iterator_reads_everything_once_and_pads_with_masked_examples():
     for host in range(3):
         batches = list(pipeline.make_eval_iterator(config, records, process_index=host,
                                                    process_count=3))
-        assert len(batches) == 3  # ceil(ceil(13 / 3) / 2) on every host.
+        assert len(batches) == 3  # ceil(13 / 6) global batches, 2 rows each, on every host.
         for batch in batches:
             for codes, mask, sem_mask, index in zip(batch["codes"], batch["mask"],
                                                     batch["semantic_mask"], batch["index"]):
@@ -239,7 +240,7 @@ def test_config_errors():
     records = timeline_records(LENGTHS)
     with pytest.raises(ValueError, match="batch_size 4 is not divisible by process_count 3"):
         pipeline.make_train_iterator(CONFIG, records, seed=0, process_index=0, process_count=3)
-    with pytest.raises(ValueError, match="fewer than its batch"):
+    with pytest.raises(ValueError, match="fewer than the batch of 16"):
         pipeline.make_train_iterator(
             pipeline.PipelineConfig(batch_size=16, max_frames=8), records, seed=0,
             process_index=0, process_count=1)
