@@ -3,13 +3,15 @@
 Codes are `.npy` arrays of shape (frames, levels), integers in [0, codebook_size)
 (int16 while the codebook fits, like the codes datasets). Audio is read with
 soundfile (WAV, FLAC, OGG, ...), mixed down to mono; decoded audio is written
-as 16-bit WAV at the codec's sample rate.
+as 16-bit WAV at the codec's sample rate. Inputs, outputs and --out may be
+gs:// paths.
 """
 from __future__ import annotations
 
 import os
 
 import numpy as np
+from etils import epath
 
 from soundstorm_jax.cli.common import (CliError, add_codec_options, codes_dtype, load_codec_from_args, load_codes,
                                        make_out_dir, read_audio, write_wav)
@@ -56,7 +58,7 @@ def add_parsers(subparsers, parents):
 def run_encode(args, out, extra):
     del extra
     for path in args.audio:  # Every input checked before the codec is loaded.
-        if not os.path.isfile(path):
+        if not epath.Path(path).is_file():
             raise CliError(f"audio file {path!r} does not exist")
     if args.out is not None:
         make_out_dir(args.out)
@@ -69,7 +71,8 @@ def run_encode(args, out, extra):
         codes = np.asarray(codec.encode(audio[None], sample_rate=codec.sample_rate,
                                         num_levels=args.num_levels))[0]
         target = _out_path(path, args.out, ".npy")
-        np.save(target, codes.astype(codes_dtype(codec.codebook_size)))
+        with epath.Path(target).open("wb") as f:
+            np.save(f, codes.astype(codes_dtype(codec.codebook_size)))
         written.append(target)
         shapes.append(list(codes.shape))
     record = dict(command="encode", files=written, shapes=shapes, sample_rate=codec.sample_rate,

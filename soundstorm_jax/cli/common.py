@@ -12,6 +12,9 @@ import sys
 from typing import Any, Iterable, Optional
 
 import numpy as np
+from etils import epath
+
+from soundstorm_jax import paths
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -67,15 +70,15 @@ def show_package_log(*, quiet: bool) -> None:
 
 
 def require_file(path: str, what: str) -> str:
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
         raise CliError(f"{what} {path!r} does not exist")
-    if os.path.isdir(path):
+    if epath.Path(path).is_dir():
         raise CliError(f"{what} {path!r} is a directory, not a file")
     return path
 
 
 def require_dir(path: str, what: str) -> str:
-    if not os.path.isdir(path):
+    if not epath.Path(path).is_dir():
         raise CliError(f"{what} {path!r} does not exist or is not a directory")
     return path
 
@@ -120,7 +123,7 @@ def load_codes(path: str, what: str = "codes file") -> np.ndarray:
     """An integer array from a `.npy` file; CliError naming the file otherwise."""
     require_file(path, what)
     try:
-        codes = np.load(path, allow_pickle=False)
+        codes = np.load(paths.readable(path), allow_pickle=False)
     except Exception as e:
         raise CliError(f"cannot read {what} {path!r} as a .npy array: {e}") from e
     if not np.issubdtype(codes.dtype, np.integer):

@@ -22,7 +22,9 @@ import os
 import time
 
 import numpy as np
+from etils import epath
 
+from soundstorm_jax import paths
 from soundstorm_jax.cli import spectrogram
 from soundstorm_jax.cli.common import CliError, make_out_dir, write_wav
 
@@ -90,7 +92,7 @@ def _check_args(args) -> None:
             raise CliError(f"--{name.replace('_', '-')} must be positive, got {value}")
     for stage in ("codec", "soundstorm"):
         path = os.path.join(args.out, stage)
-        if os.path.isdir(path) and os.listdir(path):
+        if epath.Path(path).is_dir() and any(epath.Path(path).iterdir()):
             raise CliError(f"{path!r} already holds a run; give a new --out folder (the demo starts from scratch)")
 
 
@@ -169,8 +171,11 @@ def run(args, out, extra):
     from soundstorm_jax.training.restore import load_codec
 
     stages.start("corpus", f"building the {args.corpus} eSpeak corpus ...")
+    corpus_dir, remote = os.path.join(args.out, "data", "corpus"), paths.is_remote(args.out)
+    # With a gs:// OUT the WAVs are synthesized in the local corpus cache and only the dataset goes to OUT.
     corpus = prepare_corpus(args.corpus, args.seed, sample_rate=SAMPLE_RATE, frame_rate=FRAME_RATE,
-                            cache_dir=os.path.join(args.out, "data", "corpus"), progress=not out.quiet)
+                            cache_dir=None if remote else corpus_dir, dataset_dir=corpus_dir if remote else None,
+                            progress=not out.quiet)
     audio_dir = os.path.dirname(os.path.dirname(corpus.data_dir))
     report["corpus_splits"] = {k: int(v.num_examples) for k, v in corpus.info.splits.items()}
     stages.stop()
@@ -239,8 +244,8 @@ def run(args, out, extra):
 
     report["stage_seconds"] = stages.seconds
     report["total_seconds"] = round(time.perf_counter() - begin, 1)
-    paths = _write_report(report, args.out)
-    out.result(dict(report, report_files=paths), _summary_lines(report, paths))
+    report_files = _write_report(report, args.out)
+    out.result(dict(report, report_files=report_files), _summary_lines(report, report_files))
     return 0
 
 
@@ -271,8 +276,7 @@ def _generate_samples(model, variables, codec, held_out, script, prompt_frames, 
         files = [write_wav(stem + ".wav", audio, codec.sample_rate),
                  write_wav(stem + "_prompt.wav", prompt_audio, codec.sample_rate),
                  spectrogram.write_spectrogram(stem + ".png", audio[len(prompt_audio):], prompt_audio)]
-        with open(stem + ".txt", "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        epath.Path(stem + ".txt").write_text(text + "\n", encoding="utf-8")
         results.append(dict(wav=files[0], prompt_wav=files[1], spectrogram=files[2], text=text,
                             prompt_from=prompt_record["id"].decode(), voice=utt.speaker.voice,
                             seconds=round(len(audio) / codec.sample_rate, 2),
@@ -282,11 +286,9 @@ def _generate_samples(model, variables, codec, held_out, script, prompt_frames, 
 
 def _write_report(report: dict, out_dir: str) -> list[str]:
     json_path = os.path.join(out_dir, "report.json")
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=1, default=str)
+    epath.Path(json_path).write_text(json.dumps(report, indent=1, default=str))
     md_path = os.path.join(out_dir, "report.md")
-    with open(md_path, "w") as f:
-        f.write("\n".join(_markdown(report)) + "\n")
+    epath.Path(md_path).write_text("\n".join(_markdown(report)) + "\n")
     return [md_path, json_path]
 
 

@@ -13,6 +13,7 @@ import math
 import os
 
 import numpy as np
+from etils import epath
 
 from soundstorm_jax.cli import spectrogram
 from soundstorm_jax.cli.common import (CliError, add_codec_options, codes_dtype, load_codec_from_args, load_codes,
@@ -146,7 +147,7 @@ def run(args, out, extra):
         if not args.codec and not args.encodec:
             raise CliError("--prompt-audio needs a codec (--codec WORKDIR or --encodec FILE) to encode it; "
                            "or give --prompt-codes")
-        if not os.path.isfile(args.prompt_audio):
+        if not epath.Path(args.prompt_audio).is_file():
             raise CliError(f"prompt audio file {args.prompt_audio!r} does not exist")
     if args.spectrogram and not args.codec and not args.encodec:
         raise CliError("--spectrogram needs a codec (--codec WORKDIR or --encodec FILE) to decode the samples")
@@ -213,7 +214,8 @@ def run(args, out, extra):
             sample = sample[(sample >= 0).all(axis=1)]  # Padded frames (pad_value -1), if any.
             shapes.append(list(sample.shape))
             if codec is None or args.save_codes:
-                np.save(name + ".npy", sample.astype(codes_dtype(net.codebook_size)))
+                with epath.Path(name + ".npy").open("wb") as f:
+                    np.save(f, sample.astype(codes_dtype(net.codebook_size)))
                 written.append(name + ".npy")
             if codec is not None:
                 audio = np.asarray(codec.decode(sample[None].astype(np.int32)))[0]

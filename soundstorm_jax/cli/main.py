@@ -2,7 +2,7 @@
 
     soundstorm [--quiet] [--json] [--debug] COMMAND [options]
 
-Commands: demo, prepare, train, encode, decode, generate (`soundstorm COMMAND --help`).
+Commands: demo, prepare, train, encode, decode, generate, launch (`soundstorm COMMAND --help`).
 Exit status: 0 success; 2 bad input (the message on stderr starts with
 "error: "); 1 an unexpected failure (with its traceback under --debug);
 130 interrupted by Ctrl-C (SIGINT), as shells report it.
@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import traceback
 from typing import Optional, Sequence
 
 from soundstorm_jax import __version__
-from soundstorm_jax.cli import codec_io, demo, generate, prepare, train
+from soundstorm_jax.cli import codec_io, demo, generate, launch, prepare, train
 from soundstorm_jax.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError, Output, show_package_log
 
 DESCRIPTION = """SoundStorm in JAX: prepare data, train, encode/decode audio and generate.
@@ -29,6 +30,7 @@ DESCRIPTION = """SoundStorm in JAX: prepare data, train, encode/decode audio and
   soundstorm prepare --audio AUDIO_DIR --out data/mine --codec runs/codec   # + its codes dataset
   soundstorm train --config tiny --workdir runs/tiny --config.data.dir=data/mine/codes
   soundstorm generate runs/tiny --seconds 2 --codec runs/codec --out samples
+  soundstorm launch --processes 2 --cpu-devices 4 -- train ...   # a multi-process job on this machine
 
 Exit status: 0 success, 2 bad input, 1 unexpected failure, 130 interrupted (Ctrl-C)."""
 
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     codec_io.add_parsers(subparsers, [common])
     generate.add_parser(subparsers, [common])
     demo.add_parser(subparsers, [common])
+    launch.add_parser(subparsers, [common])
     return parser
 
 
@@ -68,6 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Output(quiet=args.quiet, as_json=args.json)
     show_package_log(quiet=args.quiet or args.json)
     try:
+        _check_remote_paths(args, extra)
         # With --json, stdout holds only the result object: anything else printed goes to stderr.
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             return int(args.run(args, out, extra) or 0)
@@ -86,11 +90,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      EXIT_FAILURE)
 
 
+def _check_remote_paths(args, extra: Sequence[str]) -> None:
+    """Every gs:// path on the command line (options, positionals, --config.x.y=gs://... overrides) must reach
+    its bucket within a bounded time: unreachable storage is a one-line error (exit 2), not a long hang."""
+    from soundstorm_jax import paths
+
+    named = [(name, value) for name, values in vars(args).items()
+             for value in (values if isinstance(values, list) else [values])]
+    named += [tuple(arg[2:].split("=", 1)) for arg in extra if arg.startswith("--") and "=" in arg]
+    for name, value in named:
+        if isinstance(value, str) and paths.is_remote(value):
+            paths.check_reachable(value, name.replace("_", "-"))
+
+
 def _fail(args, message: str, code: int) -> int:
     """`error: message` on stderr; with --json also {"command", "error", "exit_code"} on stdout."""
     print(f"error: {message}", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(dict(command=args.command, error=message, exit_code=code)), flush=True)
+    if "jax" in sys.modules and sys.modules["jax"].distributed.is_initialized():
+        # One process of a multi-process job failed: leave now. Exiting normally would wait at JAX's shutdown
+        # barrier for processes that are themselves waiting for this one; they stop when the coordinator misses
+        # this process's heartbeats.
+        sys.stdout.flush()
+        os._exit(code)
     return code
 
 

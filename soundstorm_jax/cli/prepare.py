@@ -1,15 +1,19 @@
 """`soundstorm prepare`: an audio folder (or the embedded corpus) -> TFDS datasets.
 
     OUT/audio   the AudioFolder dataset (train a codec on it: --config.data.dir=OUT/audio)
-    OUT/corpus  with --corpus: the synthesized eSpeak corpus and its dataset
+    OUT/corpus  with --corpus: the synthesized eSpeak corpus and its dataset (with a gs:// OUT only
+                the dataset: the WAVs stay in the local corpus cache)
     OUT/codes   with --codec/--encodec: the codes dataset (train SoundStorm on it: --config.data.dir=OUT/codes)
 
 Building is skipped when a dataset is already prepared there (TFDS reuses it).
+OUT may be gs://bucket/...: datasets are built in a local temporary folder
+and uploaded (TFDS writes ArrayRecord files through local files only).
 """
 from __future__ import annotations
 
 import os
 
+from soundstorm_jax import paths
 from soundstorm_jax.cli.common import CliError, add_codec_options, load_codec_from_args, make_out_dir, require_dir
 
 
@@ -70,9 +74,11 @@ def run(args, out, extra):
     if args.corpus is not None:
         from soundstorm_jax.data import prepare_corpus
         out.info(f"building the {args.corpus} corpus ...")
+        corpus_dir, remote = os.path.join(args.out, "corpus"), paths.is_remote(args.out)
+        # With a gs:// OUT the WAVs are synthesized in the local corpus cache and only the dataset goes to OUT.
         builder = prepare_corpus(args.corpus, args.seed, sample_rate=sample_rate or 16000,
-                                 frame_rate=args.frame_rate, cache_dir=os.path.join(args.out, "corpus"),
-                                 progress=not out.quiet)
+                                 frame_rate=args.frame_rate, cache_dir=None if remote else corpus_dir,
+                                 dataset_dir=corpus_dir if remote else None, progress=not out.quiet)
         audio_dir = os.path.dirname(os.path.dirname(builder.data_dir))
     else:
         from soundstorm_jax.data import prepare_audio_folder

@@ -11,6 +11,7 @@ import struct
 import zlib
 
 import numpy as np
+from etils import epath
 
 FLOOR_DB = -80.0
 
@@ -64,15 +65,14 @@ def write_png(path: str, image: np.ndarray) -> str:
 
     raw = b"".join(b"\x00" + image[r].tobytes() for r in range(rows))  # Filter type 0 per row.
     header = struct.pack(">IIBBBBB", columns, rows, 8, 0, 0, 0, 0)  # 8-bit grayscale.
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6))
-                + chunk(b"IEND", b""))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    epath.Path(path).write_bytes(png)
     return path
 
 
 def read_png(path: str) -> np.ndarray:
     """Reads back a PNG written by `write_png` (8-bit grayscale, filter 0): uint8 (rows, columns)."""
-    data = open(path, "rb").read()
+    data = epath.Path(path).read_bytes()
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         raise ValueError(f"{path!r} is not a PNG file")
     pos, idat, size = 8, b"", None

@@ -19,6 +19,8 @@ import logging
 import os
 import sys
 
+from etils import epath
+
 from soundstorm_jax.cli.common import CliError, Output
 
 DESCRIPTION = """Train SoundStorm or the SoundStream codec (config.kind picks the model).
@@ -121,8 +123,8 @@ def run(args, out, extra):
     import jax
     with progress(out, config.total_steps, shown=jax.process_index() == 0) as (on_step, stream):
         summary = training.train_and_evaluate(config, args.workdir, on_step=on_step, stream=stream)
-    checkpoints = os.path.join(args.workdir, "checkpoints")
-    steps = sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit()) if os.path.isdir(checkpoints) else []
+    checkpoints = epath.Path(args.workdir) / "checkpoints"
+    steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) if checkpoints.is_dir() else []
     record = dict(command="train", workdir=args.workdir, step=summary.step, stopped=summary.stopped,
                   checkpoints=steps, metrics=os.path.join(args.workdir, "metrics.jsonl"),
                   train_step_compile=summary.train_step_compile)

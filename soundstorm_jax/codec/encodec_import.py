@@ -34,7 +34,9 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
+from soundstorm_jax import paths
 from soundstorm_jax.codec.encodec import EnCodec, EnCodecCodec
 
 _IGNORED_CODEBOOK_STATS = ('inited', 'cluster_size', 'embed_avg')
@@ -104,10 +106,10 @@ def _to_numpy(value) -> np.ndarray:
 
 
 def _load_file(path: str) -> Mapping[str, Any]:
-    if not os.path.isfile(path):
+    if not epath.Path(path).is_file():
         raise FileNotFoundError(f"EnCodec checkpoint {path!r} does not exist")
     if path.endswith('.npz'):
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(paths.readable(path), allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
         if any(k.startswith('param/') for k in arrays):
             arrays = {k[len('param/'):]: v for k, v in arrays.items() if k.startswith('param/')}
@@ -118,7 +120,7 @@ def _load_file(path: str) -> Mapping[str, Any]:
         raise ImportError(f"reading the PyTorch checkpoint {path!r} needs torch (pip install torch); or pass "
                           f"the state dict as NumPy arrays, or save it as .npz "
                           f"(np.savez(f, **{{k: v.numpy() for k, v in state_dict.items()}}))") from err
-    loaded = torch.load(path, map_location='cpu', weights_only=True)
+    loaded = torch.load(paths.readable(path), map_location='cpu', weights_only=True)
     if isinstance(loaded, Mapping) and not all(hasattr(v, 'shape') for v in loaded.values()):
         for key in ('best_state', 'state_dict', 'model'):
             if isinstance(loaded.get(key), Mapping):

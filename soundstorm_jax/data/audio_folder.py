@@ -39,12 +39,17 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Iterator, Mapping, Optional
+import tempfile
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
+from soundstorm_jax import paths
 from soundstorm_jax.data import audio_io
+
+log = logging.getLogger(__name__)
 
 TRAIN, VALIDATION = "train", "validation"
 _TEXT_SUFFIXES = (".txt", ".normalized.txt", ".original.txt")
@@ -64,58 +69,58 @@ def _stem(path: str) -> str:
     return os.path.splitext(path)[0]
 
 
-def _read_librispeech_transcripts(directory: str) -> dict[str, str]:
+def _read_librispeech_transcripts(directory: epath.Path, names: Iterable[str]) -> dict[str, str]:
     transcripts = {}
-    for name in os.listdir(directory):
+    for name in names:
         if name.endswith(".trans.txt"):
-            with open(os.path.join(directory, name), encoding="utf-8") as f:
-                for line in f:
-                    utt, _, text = line.strip().partition(" ")
-                    if utt:
-                        transcripts[utt] = text
+            for line in (directory / name).read_text(encoding="utf-8").splitlines():
+                utt, _, text = line.strip().partition(" ")
+                if utt:
+                    transcripts[utt] = text
     return transcripts
 
 
-def _describe(path: str, root: str, transcripts: Mapping[str, str]) -> AudioFile:
-    stem = _stem(path)
-    file_id = os.path.relpath(stem, root).replace(os.sep, "/")
-    text = transcripts.get(os.path.basename(stem), "")
+def _describe(directory: epath.Path, name: str, names: set[str], root: epath.Path,
+              transcripts: Mapping[str, str]) -> AudioFile:
+    """The audio file `name` in `directory`, whose files are `names` (sidecars are looked up there: one listing
+    per folder instead of a request per sidecar on remote storage)."""
+    stem = _stem(name)
+    file_id = os.fspath((directory / stem).relative_to(root)).replace(os.sep, "/")
+    text = transcripts.get(stem, "")
     for suffix in _TEXT_SUFFIXES:
-        if os.path.exists(stem + suffix):
-            with open(stem + suffix, encoding="utf-8") as f:
-                text = f.read().strip()
+        if stem + suffix in names:
+            text = (directory / (stem + suffix)).read_text(encoding="utf-8").strip()
             break
     # The speaker is the first folder below the split folder, if any (LibriSpeech).
     parts = file_id.split("/")
     parts = parts[1:] if parts[0] in (TRAIN, VALIDATION) else parts
     speaker = parts[0] if len(parts) > 1 else ""
-    if os.path.exists(stem + ".json"):
-        with open(stem + ".json", encoding="utf-8") as f:
-            meta = json.load(f)
+    if stem + ".json" in names:
+        meta = json.loads((directory / (stem + ".json")).read_text(encoding="utf-8"))
         text = meta.get("text", text)
         speaker = meta.get("speaker", speaker)
     semantic = stem + ".semantic.npy"
-    return AudioFile(path, file_id, text, speaker,
-                     semantic if os.path.exists(semantic) else None)
+    return AudioFile(os.fspath(directory / name), file_id, text, speaker,
+                     os.fspath(directory / semantic) if semantic in names else None)
 
 
 def find_audio_files(root: str) -> list[AudioFile]:
-    """All audio files under `root` (recursive), sorted by id.
+    """All audio files under `root` (recursive; local or gs://), sorted by id.
 
     Raises:
       FileNotFoundError: `root` is not a directory.
       ValueError: it holds no audio files.
     """
-    if not os.path.isdir(root):
+    if not epath.Path(root).is_dir():
         raise FileNotFoundError(f"audio folder {root!r} does not exist or is not a directory")
     found = []
-    for directory, _, names in os.walk(root):
+    for directory, _, names in paths.walk(root):
         transcripts = None
         for name in sorted(names):
             if name.lower().endswith(audio_io.AUDIO_EXTENSIONS):
                 if transcripts is None:
-                    transcripts = _read_librispeech_transcripts(directory)
-                found.append(_describe(os.path.join(directory, name), root, transcripts))
+                    transcripts = _read_librispeech_transcripts(directory, names)
+                found.append(_describe(directory, name, set(names), epath.Path(root), transcripts))
     if not found:
         raise ValueError(
             f"audio folder {root!r} holds no audio files "
@@ -130,7 +135,7 @@ def split_files(files: list, root: str, *, validation_fraction: float,
     Args:
       files: items with an `id` attribute ("train/..." ids when split folders exist).
     """
-    if all(os.path.isdir(os.path.join(root, s)) for s in (TRAIN, VALIDATION)):
+    if all((epath.Path(root) / s).is_dir() for s in (TRAIN, VALIDATION)):
         return {s: [f for f in files if f.id.startswith(s + "/")] for s in (TRAIN, VALIDATION)}
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
@@ -145,7 +150,7 @@ def split_files(files: list, root: str, *, validation_fraction: float,
 
 def load_semantic_ids(path: str) -> np.ndarray:
     """Reads a `.semantic.npy` sidecar: a 1-D array of non-negative integers."""
-    ids = np.load(path)
+    ids = np.load(paths.readable(path))
     if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
         raise ValueError(f"semantic ids file {path!r} must hold a 1-D integer array, "
                          f"got shape {ids.shape} dtype {ids.dtype}")
@@ -256,9 +261,31 @@ def prepare_audio_folder(audio_dir: str, data_dir: str, **kwargs) -> AudioFolder
     Returns the builder; read a split with `builder.as_data_source("train")`.
     `kwargs` go to `AudioFolder`.
     """
-    builder = AudioFolder(audio_dir=audio_dir, data_dir=data_dir, **kwargs)
-    builder.download_and_prepare()
-    return builder
+    return prepare_dataset(lambda folder: AudioFolder(audio_dir=audio_dir, data_dir=folder, **kwargs), data_dir)
+
+
+def prepare_dataset(make_builder: Callable[[str], tfds.core.DatasetBuilder],
+                    data_dir: str) -> tfds.core.DatasetBuilder:
+    """`make_builder(data_dir)`, prepared (or reused when `data_dir` already holds its version).
+
+    TFDS writes ArrayRecord shards through local files only, so a remote `data_dir` (gs://...) is built in a
+    local temporary folder and its version folder uploaded; the builder returned reads it from `data_dir`.
+    """
+    builder = make_builder(data_dir)
+    if not paths.is_remote(data_dir):
+        builder.download_and_prepare()
+        return builder
+    if builder.is_prepared():
+        return builder
+    with tempfile.TemporaryDirectory(prefix="soundstorm-prepare-") as local_dir:
+        local = make_builder(local_dir)
+        local.download_and_prepare()
+        log.info("uploading %s to %s", local.data_dir, builder.data_dir)
+        paths.upload_tree(local.data_dir, builder.data_dir)
+    remote = make_builder(data_dir)  # Reads the uploaded dataset_info.json.
+    if hasattr(local, "skipped_files"):  # What the build left out (AudioFolder).
+        remote.skipped_files = local.skipped_files
+    return remote
 
 
 def open_prepared(dataset_dir: str) -> tfds.core.DatasetBuilder:
@@ -267,6 +294,6 @@ def open_prepared(dataset_dir: str) -> tfds.core.DatasetBuilder:
     Args:
       dataset_dir: e.g. `<data_dir>/audio_folder/1.0.0` (`builder.data_dir`).
     """
-    if not os.path.isdir(dataset_dir):
+    if not epath.Path(dataset_dir).is_dir():
         raise FileNotFoundError(f"prepared dataset folder {dataset_dir!r} does not exist")
     return tfds.builder_from_directory(dataset_dir)

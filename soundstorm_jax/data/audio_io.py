@@ -8,12 +8,16 @@ naming the file, so a bad file in a folder of thousands is found at once.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from typing import Callable, Optional
 
 import numpy as np
 import soundfile
+from etils import epath
+
+from soundstorm_jax import paths
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif")
 INT16_SCALE = 32767.0
@@ -74,7 +78,12 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> s
     """
     audio = np.clip(np.nan_to_num(np.asarray(audio, np.float32)), -1.0, 1.0)
     try:
-        soundfile.write(os.fspath(path), audio, int(sample_rate), subtype="PCM_16")
+        if paths.is_remote(path):  # soundfile seeks back to finish a WAV header: encode in memory, upload once.
+            encoded = io.BytesIO()
+            soundfile.write(encoded, audio, int(sample_rate), subtype="PCM_16", format="WAV")
+            epath.Path(path).write_bytes(encoded.getvalue())
+        else:
+            soundfile.write(os.fspath(path), audio, int(sample_rate), subtype="PCM_16")
     except Exception as e:  # soundfile raises several types (RuntimeError, OSError, ...).
         raise AudioError(f"cannot write {os.fspath(path)!r}: {e}") from e
     return os.fspath(path)
@@ -82,6 +91,8 @@ def write_wav(path: str | os.PathLike, audio: np.ndarray, sample_rate: int) -> s
 
 def make_output_dir(path: str | os.PathLike) -> str:
     """Creates a folder to write into; `AudioError` when it cannot be created or is not writable."""
+    if paths.is_remote(path):  # Object stores have no folders to create or permissions to ask in advance.
+        return os.fspath(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
@@ -129,7 +140,7 @@ def read_audio(
         raise ValueError(f"dtype must be float32 or int16, got {dtype}")
     path = os.fspath(path)
     try:
-        data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        data, rate = soundfile.read(paths.readable(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises several types; all mean "unreadable".
         raise AudioError(f"cannot read audio file {path!r}: {e}") from e
     if data.shape[0] == 0:

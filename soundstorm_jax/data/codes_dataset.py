@@ -32,7 +32,9 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
+from etils import epath
 
+from soundstorm_jax import paths
 from soundstorm_jax.data import audio_folder, audio_io
 
 EncodeFn = Callable[[np.ndarray], Any]
@@ -85,18 +87,19 @@ class CodesFile:
 
 
 def find_code_files(root: str) -> list[CodesFile]:
-    """All `<stem>.npy` code files under `root` (not `.semantic.npy`), by id."""
-    if not os.path.isdir(root):
+    """All `<stem>.npy` code files under `root` (not `.semantic.npy`; local or gs://), by id."""
+    if not epath.Path(root).is_dir():
         raise FileNotFoundError(f"codes folder {root!r} does not exist or is not a directory")
     found = []
-    for directory, _, names in os.walk(root):
+    for directory, _, names in paths.walk(root):
         for name in names:
             if name.endswith(".npy") and not name.endswith(".semantic.npy"):
-                stem = os.path.join(directory, name[:-len(".npy")])
-                semantic = stem + ".semantic.npy"
+                stem = name[:-len(".npy")]
+                semantic = stem + ".semantic.npy"  # Looked up in the folder's listing (no request per file).
                 found.append(CodesFile(
-                    stem + ".npy", os.path.relpath(stem, root).replace(os.sep, "/"),
-                    semantic if os.path.exists(semantic) else None))
+                    os.fspath(directory / name),
+                    os.fspath((directory / stem).relative_to(root)).replace(os.sep, "/"),
+                    os.fspath(directory / semantic) if semantic in names else None))
     if not found:
         raise ValueError(f"codes folder {root!r} holds no .npy code files")
     return sorted(found, key=lambda f: f.id)
@@ -156,7 +159,9 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
         if npy_dir is not None:
             self._npy_files = find_code_files(npy_dir)
             if num_levels is None:
-                first = np.load(self._npy_files[0].path, mmap_mode="r")
+                first_path = self._npy_files[0].path
+                # The header is enough locally (memory-mapped); a remote file is downloaded.
+                first = np.load(paths.readable(first_path), mmap_mode=None if paths.is_remote(first_path) else "r")
                 if first.ndim != 2:
                     raise CodesError(f"codes {self._npy_files[0].path!r} must have shape "
                                      f"(frames, levels), got shape {first.shape}")
@@ -220,7 +225,7 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
     def _generate_from_npy(self, files: list[CodesFile]) -> Iterator[tuple[str, dict]]:
         for f in files:
             try:
-                raw = np.load(f.path)
+                raw = np.load(paths.readable(f.path))
             except Exception as e:
                 raise CodesError(f"cannot read codes file {f.path!r}: {e}") from e
             codes = validate_codes(raw, codebook_size=self._codebook_size,
@@ -264,6 +269,4 @@ def prepare_codes_dataset(data_dir: str, **kwargs) -> CodesDataset:
 
     Returns the builder; read a split with `builder.as_data_source("train")`.
     """
-    builder = CodesDataset(data_dir=data_dir, **kwargs)
-    builder.download_and_prepare()
-    return builder
+    return audio_folder.prepare_dataset(lambda folder: CodesDataset(data_dir=folder, **kwargs), data_dir)

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from soundstorm_jax import paths
 from soundstorm_jax.training import config as config_lib
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ class Checkpointer:
 
     def __init__(self, workdir: str, model_config: Mapping[str, Any], *, every_steps: int, keep: int,
                  async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        # A gs:// workdir as it is (abspath would turn it into a local './gs:/bucket/...'); Orbax writes it.
+        self.directory = os.path.join(workdir if paths.is_remote(workdir) else os.path.abspath(workdir),
+                                      "checkpoints")
         self.signature = config_lib.model_signature(model_config)
         self.every_steps = int(every_steps)
         options = ocp.CheckpointManagerOptions(max_to_keep=int(keep), save_interval_steps=int(every_steps),
@@ -101,32 +104,53 @@ class Checkpointer:
 
 
 class PreemptionFlag:
-    """Set by SIGTERM (preemptible VMs send it before stopping the machine), while in its `with` block.
+    """Whether to save and stop because the machine is being preempted (SIGTERM), within a `with` block.
 
-    The loop checks `flag.is_set()` once per step, saves a checkpoint and
-    exits; with several processes all of them agree (any host's signal
-    counts). Leaving the block puts the previous SIGTERM handler back.
+    Call `reached(step)` once after every step, on every process. One process
+    (`jax.process_count() == 1`): a SIGTERM handler sets a flag, installed for
+    the block and then restored. Several processes: JAX's distributed runtime
+    catches SIGTERM on whichever host gets it, tells the others through the
+    coordination service, and they agree on one step to stop at
+    (`multihost_utils.reached_preemption_sync_point`), so every host saves the
+    same step with no per-step collective of ours.
     """
 
     def __init__(self):
         self._event = threading.Event()
         self._previous = None
+        self._distributed = False
+        self._warned = False
 
     def __enter__(self) -> "PreemptionFlag":
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._distributed = jax.process_count() > 1
+        if not self._distributed:  # (With several processes, our handler would replace JAX's notifier.)
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
     def _handle(self, signum, frame):
         del signum, frame
         log.warning("SIGTERM: saving a checkpoint and stopping")
         self._event.set()
 
-    def is_set(self) -> bool:
-        local = self._event.is_set()
-        if jax.process_count() == 1:
-            return local
+    def reached(self, step: int) -> bool:
+        """True at the step every process saves and stops at."""
+        if not self._distributed:
+            return self._event.is_set()
         from jax.experimental import multihost_utils
-        return bool(multihost_utils.process_allgather(jax.numpy.asarray(local)).any())
+        try:
+            reached = multihost_utils.reached_preemption_sync_point(step)
+        except RuntimeError as e:  # jax_enable_preemption_service was turned off.
+            if not self._warned:
+                log.warning("no coordinated preemption (%s); a SIGTERM stops this run without a final "
+                            "checkpoint: it resumes from the last periodic one", e)
+                self._warned = True
+            return False
+        if reached:
+            log.warning("process %d: preemption notice: saving step %d and stopping, as every process does",
+                        jax.process_index(), step)
+        return reached

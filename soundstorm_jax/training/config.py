@@ -30,6 +30,9 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import jax
 import ml_collections
+from etils import epath
+
+from soundstorm_jax import paths
 
 KINDS = ("soundstorm", "codec")
 CONFIG_FILE = "config.json"
@@ -300,24 +303,26 @@ def check_model_matches(saved: Mapping[str, Any], current: Mapping[str, Any], *,
 
 def save_config(workdir: str, config: Any) -> str:
     """Writes the run's full config to `workdir/config.json` (process 0) and returns the path."""
-    path = os.path.join(workdir, CONFIG_FILE)
+    path = epath.Path(workdir) / CONFIG_FILE
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(to_dict(config), f, indent=2, sort_keys=True, default=str)
-        os.replace(tmp, path)
-    return path
+        text = json.dumps(to_dict(config), indent=2, sort_keys=True, default=str)
+        if paths.is_remote(workdir):  # An upload replaces an object whole: no temporary file to rename.
+            path.write_text(text)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(CONFIG_FILE + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+    return os.fspath(path)
 
 
 def read_saved_config(workdir: str) -> Optional[ml_collections.ConfigDict]:
     """The config in `workdir/config.json` (None when absent); ConfigError when it is malformed."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / CONFIG_FILE
+    if not path.exists():
         return None
     try:
-        with open(path) as f:
-            values = json.load(f)
+        values = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path} is not a readable JSON config ({e}); restore it or use another --workdir"
                           ) from e

@@ -8,6 +8,9 @@ from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
+from etils import epath
+
+from soundstorm_jax import paths
 
 
 def to_python(value: Any) -> Any:
@@ -25,7 +28,14 @@ class MetricsWriter:
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.stream = stream
         self.enabled = jax.process_index() == 0
-        if self.enabled:
+        # Cloud Storage objects cannot be appended to: a remote file's lines are kept here and the whole file
+        # is uploaded on every write (each upload replaces the object atomically).
+        self._remote_text = None
+        if self.enabled and paths.is_remote(workdir):
+            path = epath.Path(self.path)
+            text = path.read_text() if path.exists() else ""
+            self._remote_text = text + "\n" if text and not text.endswith("\n") else text
+        elif self.enabled:
             os.makedirs(workdir, exist_ok=True)
             # A run killed mid-write leaves a partial line; start the resumed run on a new one.
             if os.path.exists(self.path) and os.path.getsize(self.path):
@@ -38,8 +48,12 @@ class MetricsWriter:
         if not self.enabled:
             return
         line = json.dumps({k: to_python(v) for k, v in record.items()}, sort_keys=True)
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
+        if self._remote_text is not None:
+            self._remote_text += line + "\n"
+            epath.Path(self.path).write_text(self._remote_text)
+        else:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
         if self.stream is not None:
             print(line, file=self.stream, flush=True)
 

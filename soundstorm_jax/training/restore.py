@@ -10,13 +10,14 @@ onto one device, or onto `mesh`.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
+from etils import epath
 from jax.sharding import Mesh
 
+from soundstorm_jax import paths
 from soundstorm_jax.training import checkpoint as checkpoint_lib, config as config_lib, sharding, trainer
 
 
@@ -38,7 +39,8 @@ def restore_run(workdir: str, *, step: Optional[int] = None, kind: Optional[str]
     Every problem (no folder, no or a malformed config.json, no checkpoint) is a ValueError or
     FileNotFoundError naming the workdir.
     """
-    if not os.path.isdir(workdir):
+    paths.check_reachable(workdir, "workdir")
+    if not epath.Path(workdir).is_dir():
         raise FileNotFoundError(f"workdir {workdir!r} does not exist or is not a directory")
     config = config_lib.read_saved_config(workdir)
     if config is None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import glob
 import logging
 import os
 import sys
@@ -33,8 +32,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import tensorflow_datasets as tfds
+from etils import epath
 from jax.sharding import Mesh
 
+from soundstorm_jax import paths
 from soundstorm_jax.data import PipelineConfig, audio_folder, make_eval_iterator, make_train_iterator
 from soundstorm_jax.training import checkpoint as checkpoint_lib, config as config_lib, metrics as metrics_lib, \
     sharding
@@ -50,6 +51,7 @@ class Task(Protocol):
     config: Any
     mesh: Mesh
     abstract_state: Any  # ShapeDtypeStructs carrying their target shardings (the restore target)
+    batch_sharding: jax.sharding.NamedSharding  # of every batch array's leading axis
 
     def open_data(self) -> tfds.core.DatasetBuilder:
         """The prepared dataset the run reads, checked against the model."""
@@ -129,11 +131,13 @@ class JitStep:
 def open_dataset(data_dir: str, builder_name: str, how_to_prepare: str) -> tfds.core.DatasetBuilder:
     """The prepared TFDS dataset under `data_dir`: the folder given to the prepare function (holding
     `<builder_name>/<version>/`) or that version folder itself. Errors say `how_to_prepare` one."""
-    if not os.path.isdir(data_dir):
+    paths.check_reachable(data_dir, "config.data.dir")
+    folder = epath.Path(data_dir)
+    if not folder.is_dir():
         raise FileNotFoundError(f"config.data.dir={data_dir!r} does not exist or is not a directory")
-    if os.path.exists(os.path.join(data_dir, "dataset_info.json")):
+    if (folder / "dataset_info.json").exists():
         return audio_folder.open_prepared(data_dir)
-    found = sorted(glob.glob(os.path.join(data_dir, builder_name, "*", "dataset_info.json")))
+    found = sorted(os.fspath(p) for p in folder.glob(f"{builder_name}/*/dataset_info.json"))
     if not found:
         raise FileNotFoundError(f"config.data.dir={data_dir!r} holds no prepared dataset (expected "
                                 f"{builder_name}/<version>/dataset_info.json); {how_to_prepare}")
@@ -141,7 +145,7 @@ def open_dataset(data_dir: str, builder_name: str, how_to_prepare: str) -> tfds.
 
 
 def train_iterator(task: Task, builder: tfds.core.DatasetBuilder):
-    """This host's checkpointable iterator over the training split."""
+    """This host's checkpointable iterator over the training split: its rows of every global batch."""
     split = task.config.data.train_split
     if split not in builder.info.splits:
         raise ValueError(f"the dataset in {builder.data_dir!r} has no {split!r} split "
@@ -149,7 +153,9 @@ def train_iterator(task: Task, builder: tfds.core.DatasetBuilder):
     source = builder.as_data_source(split)
     if len(source) == 0:
         raise ValueError(f"split {split!r} of {builder.data_dir!r} is empty")
-    return make_train_iterator(task.pipeline_config(train=True), source, seed=int(task.config.seed))
+    config = task.pipeline_config(train=True)
+    return make_train_iterator(config, source, seed=int(task.config.seed),
+                               rows=sharding.process_rows(task.batch_sharding, config.batch_size))
 
 
 def evaluate(task: Task, state: Any, builder: tfds.core.DatasetBuilder, *,
@@ -159,7 +165,9 @@ def evaluate(task: Task, state: Any, builder: tfds.core.DatasetBuilder, *,
     if not split or split not in builder.info.splits:
         return None
     parts = []
-    batches = make_eval_iterator(task.pipeline_config(train=False), builder.as_data_source(split))
+    config = task.pipeline_config(train=False)
+    batches = make_eval_iterator(config, builder.as_data_source(split),
+                                 rows=sharding.process_rows(task.batch_sharding, config.batch_size))
     for index, batch in enumerate(batches):
         if max_batches is not None and index >= max_batches:
             break
@@ -193,7 +201,10 @@ def train_and_evaluate(config: Any, workdir: str, *, time_limit_s: Optional[floa
     """
     start = time.perf_counter()
     deadline = None if time_limit_s is None else start + float(time_limit_s)
+    if deadline is not None and jax.process_count() > 1:  # Hosts' clocks would disagree on the last step.
+        raise ValueError("time_limit_s is for single-process runs; with several processes use total_steps")
     config_lib.check_config(config)  # Unknown keys or kinds fail before anything is built.
+    paths.check_reachable(workdir, "workdir")  # A gs:// workdir that cannot be reached fails here, not in a hang.
     config_lib.check_saved_config(workdir, config)
     compile_cache.configure(config, workdir)  # Before anything compiles.
 
@@ -254,8 +265,9 @@ def train_and_evaluate(config: Any, workdir: str, *, time_limit_s: Optional[floa
                 board.evaluated(state, step)  # Audio samples / reconstructions, when configured.
                 tick = time.perf_counter()
 
-            if preempted.is_set() or out_of_time:
-                stopped = "preempted" if preempted.is_set() else "time_limit"
+            preemption = preempted.reached(step)  # Every step, on every process (see PreemptionFlag).
+            if preemption or out_of_time:
+                stopped = "preempted" if preemption else "time_limit"
                 ckpt.save(step, state, data.get_state(), force=True)
                 log.warning("%s at step %d; checkpoint saved", stopped, step)
                 break
