@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 from typing import Iterator, Union
 
@@ -35,6 +36,7 @@ PathLike = Union[str, os.PathLike]
 REACH_TIMEOUT_S = 15.0
 
 _reachable_buckets: set[str] = set()  # Probed once per process.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class StorageError(ValueError):
@@ -43,7 +45,7 @@ class StorageError(ValueError):
 
 def is_remote(path: PathLike) -> bool:
     """Whether `path` is a URL (gs://bucket/...) rather than a local path."""
-    return "://" in os.fspath(path)
+    return _URL.match(os.fspath(path)) is not None
 
 
 def bucket_of(path: PathLike) -> str:

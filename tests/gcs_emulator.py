@@ -15,11 +15,23 @@ none), and GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false keeps gcsfs from asking the s
 emulator does not have, for each bucket's type. The `gcs` fixture (tests/test_gcs.py) sets these in the test
 process for its module and hands them to the commands it starts.
 
-One gap of the emulator (gcp-storage-emulator 2026.7.19) is filled here: real Cloud Storage sends an object's
-generation with its bytes (the `x-goog-generation` header), which tensorstore's OCDBT driver reads back while
-Orbax writes a checkpoint ("Malformed StorageGeneration" without it). Running this file starts the emulator with
-that header added to every download; nothing else about it changes. The emulator also ignores write
-preconditions (ifGenerationMatch), so tensorstore's protection against concurrent writers is not exercised.
+Running this file starts the emulator (gcp-storage-emulator 2026.7.19) with three gaps filled, where it differs from
+Cloud Storage in ways the package's clients trip on:
+
+  - Cloud Storage sends an object's generation with its bytes (the `x-goog-generation` header); tensorstore's OCDBT
+    driver reads it back while Orbax writes a checkpoint ("Malformed StorageGeneration" without it). Downloads here
+    carry it.
+  - Cloud Storage answers a suffix range (`Range: bytes=-N`, the last N bytes) with those bytes; the emulator sends
+    the whole object, which ArrayRecord's reader, fetching a shard's footer that way, takes for a corrupt file once
+    the shard is larger than the range ("Invalid Riegeli/records file"). Here it gets the last N bytes.
+  - Cloud Storage serves connections concurrently; the emulator serves one at a time, so a client that sends a
+    request on a second connection while a response is still streaming on its first waits forever (seen once:
+    `soundstorm demo --out gs://...` stalled with a 3.7 MB response unread on one connection and a request waiting
+    on another). Here each connection has a thread; the handlers still run one at a time (one lock around the
+    emulator's storage) and their responses are sent outside it.
+
+The emulator also ignores write preconditions (ifGenerationMatch), so tensorstore's protection against concurrent
+writers of one object is not exercised, and it checks no credentials.
 """
 import contextlib
 import os
@@ -97,24 +109,53 @@ def read_blob(name: str) -> bytes:
     return blob.download_as_bytes() if blob.exists() else b""
 
 
-def _serve_with_generation_headers(args) -> None:
-    """gcp-storage-emulator's command line (`args`), its downloads carrying `x-goog-generation` as Cloud Storage's
-    do (see the module docstring)."""
+def _serve_like_cloud_storage(args) -> None:
+    """gcp-storage-emulator's command line (`args`) with the two gaps of the module docstring filled."""
+    import functools
+    import http.server
+    import re
+    import threading
+
+    from gcp_storage_emulator import server
+    from gcp_storage_emulator.exceptions import NotFound
     from gcp_storage_emulator.handlers import objects
 
+    def like_cloud_storage(download):
+        @functools.wraps(download)
+        def handler(request, response, storage, *rest, **kwargs):
+            bucket, name = request.params["bucket_name"], request.params["object_id"]
+            headers = request._request_handler.headers  # What request.get_header reads.
+            suffix = re.fullmatch(r"\s*bytes=-(\d+)\s*", headers.get("range", ""))
+            if suffix:  # The last N bytes, as the explicit range the emulator understands.
+                with contextlib.suppress(NotFound):
+                    size = int(storage.get_file_obj(bucket, name)["size"])
+                    headers.replace_header("range", f"bytes={max(0, size - int(suffix.group(1)))}-")
+            download(request, response, storage, *rest, **kwargs)
+            if response.status in (200, 206):
+                obj = storage.get_file_obj(bucket, name)
+                response["x-goog-generation"] = obj["generation"]
+                response["x-goog-metageneration"] = obj["metageneration"]
+        return handler
+
+    storage_lock = threading.Lock()
+
+    def one_at_a_time(handler):  # Handlers build a response in memory; it is sent after the lock is released.
+        @functools.wraps(handler)
+        def serialized(*args, **kwargs):
+            with storage_lock:
+                return handler(*args, **kwargs)
+        return serialized
+
     download = objects.download
-
-    def download_with_generation(request, response, storage, *rest, **kwargs):
-        download(request, response, storage, *rest, **kwargs)
-        if response.status in (200, 206):
-            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
-            response["x-goog-generation"] = obj["generation"]
-            response["x-goog-metageneration"] = obj["metageneration"]
-
-    objects.download = download_with_generation  # Before the server module builds its routes from it.
+    objects.download = like_cloud_storage(download)  # Also what objects.get calls for ?alt=media.
+    for _, handlers in server.HANDLERS:
+        for method, handler in handlers.items():
+            handlers[method] = one_at_a_time(objects.download if handler is download else handler)
+    objects.insert = one_at_a_time(objects.insert)  # The router's fallback for uploads posted without /upload.
+    server.server.HTTPServer = http.server.ThreadingHTTPServer  # A connection per thread (this process only).
     from gcp_storage_emulator.__main__ import main
     main(args)
 
 
 if __name__ == "__main__":
-    _serve_with_generation_headers(sys.argv[1:])
+    _serve_like_cloud_storage(sys.argv[1:])

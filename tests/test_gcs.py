@@ -153,11 +153,12 @@ def test_encodec_weights_load_from_the_bucket(gcs):
 def test_prepare_reads_audio_from_and_writes_the_dataset_to_the_bucket(gcs, tmp_path, monkeypatch):
     from soundstorm_jax.data import open_prepared
     monkeypatch.chdir(tmp_path)
-    rate = 16000
+    rate, rng = 16000, np.random.default_rng(0)
     for split, count in (("train", 3), ("validation", 1)):
         for i in range(count):
             path = tmp_path / f"{split}{i}.wav"
-            soundfile.write(path, np.sin(np.arange(4000) * (0.05 + 0.01 * i)) * 0.3, rate, subtype="PCM_16")
+            # 45 s of noise each: a shard of a few MB, which ArrayRecord's reader fetches in overlapping streams.
+            soundfile.write(path, rng.normal(0, 0.1, 45 * rate), rate, subtype="PCM_16")
             upload(path, f"wavs/{split}/speaker/clip{i}.wav")
             os.remove(path)
     code, stdout, stderr = in_process("--json", "prepare", "--audio", f"gs://{BUCKET}/wavs",
