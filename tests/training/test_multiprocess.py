@@ -32,15 +32,31 @@ ARGS = ["--config.model.conformer.depth=1", "--config.data.max_frames=16", "--co
 pytestmark = pytest.mark.slow
 
 
-def train_args(workdir, codes_dir, *extra):
-    return ["--config", "tiny", "--workdir", str(workdir), f"--config.data.dir={codes_dir}", *ARGS, *extra]
+# The codec shrunk as in test_codec_training.py, GAN terms from the first step, Adam state per parameter (FSDP).
+CODEC_ARGS = ["--config.model.generator.strides=(2, 2)", "--config.model.generator.channels=4",
+              "--config.model.generator.codebook_size=16", "--config.model.generator.rq_num_quantizers=2",
+              "--config.model.generator.rq_kmeans_iters=2", "--config.data.segment_samples=512",
+              "--config.data.batch_size=8", "--config.loss.adversarial_start_step=0", "--config.loss.mel_scales=(64,)",
+              "--config.model.discriminator.num_scales=1", "--config.model.discriminator.stft_dilations=(1,)",
+              "--config.optimizer.flatten=False", "--config.checkpoint.every_steps=2", "--config.checkpoint.keep=3",
+              "--config.logging.every_steps=1", "--config.logging.eval_every_steps=1000",
+              "--config.compiler_options.xla_backend_optimization_level=0",
+              "--config.compiler_options.xla_llvm_disable_expensive_passes=True"]
+LOSSES = {"tiny": ("loss", "grad_norm"), "codec_tiny": ("generator_loss", "discriminator_loss",
+                                                        "generator_grad_norm", "discriminator_grad_norm")}
 
 
-def launch(workdir, codes_dir, *extra, log_name="launch.log"):
+def train_args(workdir, data_dir, *extra, config="tiny"):
+    base = ARGS if config == "tiny" else CODEC_ARGS
+    return ["--config", config, "--workdir", str(workdir), f"--config.data.dir={data_dir}", *base, *extra]
+
+
+def launch(workdir, data_dir, *extra, config="tiny", log_name="launch.log"):
     """`soundstorm launch --processes 2 --cpu-devices 4 -- train ...` started in the background."""
     log = open(os.path.join(workdir, log_name), "wb")
     command = [sys.executable, "-m", "soundstorm_jax", "launch", "--processes", "2", "--cpu-devices", "4",
-               "--heartbeat-timeout", str(HEARTBEAT_S), "--", "train", *train_args(workdir, codes_dir, *extra)]
+               "--heartbeat-timeout", str(HEARTBEAT_S), "--", "train",
+               *train_args(workdir, data_dir, *extra, config=config)]
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT), log.name
 
 
@@ -63,14 +79,14 @@ def wait(proc, log_path, timeout=300):
         raise AssertionError(f"the launcher did not finish in {timeout} s:\n" + open(log_path).read()[-3000:])
 
 
-def train_records(workdir):
+def train_records(workdir, key="loss"):
     out = []
     for line in open(os.path.join(workdir, "metrics.jsonl")).read().splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # The line a kill cut short.
-        if "loss" in record:
+        if key in record:
             out.append(record)
     return out
 
@@ -80,28 +96,30 @@ def complete_checkpoints(workdir):
     return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
 
 
-def one_process_run(workdir, codes_dir, *extra):
+def one_process_run(workdir, data_dir, *extra, config="tiny"):
     """The same config trained here: one process, 8 devices."""
-    config = read_config("tiny", train_args(workdir, codes_dir, *extra)[4:])
-    train_and_evaluate(config, str(workdir), stream=None)
-    return {r["step"]: r for r in train_records(workdir)}
+    train_and_evaluate(read_config(config, train_args(workdir, data_dir, *extra, config=config)[4:]), str(workdir),
+                       stream=None)
+    return {r["step"]: r for r in train_records(workdir, LOSSES[config][0])}
 
 
-def assert_same_losses(workdir, reference):
-    records = train_records(workdir)
+def assert_same_losses(workdir, reference, config="tiny"):
+    keys = LOSSES[config]
+    records = train_records(workdir, keys[0])
     assert {r["step"] for r in records} == set(reference)
     for record in records:  # Steps redone after a resume must equal the first try too.
         want = reference[record["step"]]
-        np.testing.assert_allclose([record["loss"], record["grad_norm"]], [want["loss"], want["grad_norm"]],
-                                   rtol=2e-6, err_msg=f"step {record['step']}")
+        np.testing.assert_allclose([record[k] for k in keys], [want[k] for k in keys], rtol=2e-6,
+                                   err_msg=f"step {record['step']}: {keys}")
 
 
 def assert_same_states(workdir, reference_workdir, mesh_shape=None):
-    """The final checkpoints restore (on 8 devices, and on 4) to the same parameters and optimizer state."""
+    """The final checkpoints restore (on 8 devices, and on 4) to the same parameters and optimizer state (to float
+    rounding: XLA sums in another order across processes, and the codec's adversarial steps amplify it to ~1e-5)."""
     want = restore.restore_run(reference_workdir, mesh=sharding.make_mesh({"data": -1})).state
     for devices in (jax.devices(), jax.devices()[:4]):
         got = restore.restore_run(str(workdir), mesh=sharding.make_mesh({"data": -1}, devices)).state
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6),
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5),
                      jax.device_get(got), jax.device_get(want))
 
 
@@ -160,21 +178,58 @@ def test_killed_then_preempted_then_resumed_run_reproduces_one_process_training(
     assert_same_states(workdir, tmp_path / "one")
 
 
-@pytest.mark.parametrize("kind", ["soundstorm"])
-def test_fsdp_and_tensor_meshes_train_like_one_process(tmp_path, codes_dir, kind):
+@pytest.fixture(scope="module")
+def audio_dir(tmp_path_factory):
+    """A prepared 16 kHz audio dataset: noise bursts and tones, 10 training and 3 validation clips."""
+    import soundfile
+    from soundstorm_jax.data import prepare_audio_folder
+    root = tmp_path_factory.mktemp("audio")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("validation", 3)):
+        (root / "wavs" / split).mkdir(parents=True)
+        for i in range(n):
+            t = np.arange(4000) / 16000
+            clip = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 1000) * t) + rng.normal(0, 0.02, t.size)
+            soundfile.write(str(root / "wavs" / split / f"c{i}.wav"), clip.astype(np.float32), 16000)
+    prepare_audio_folder(str(root / "wavs"), str(root / "prepared"), sample_rate=16000)
+    return str(root / "prepared")
+
+
+@pytest.mark.parametrize("config", ["tiny", "codec_tiny"])
+def test_sharded_parameters_train_like_one_process(tmp_path, codes_dir, audio_dir, config):
     """SoundStorm on a (data 2, fsdp 2, tensor 2) mesh and the codec on (data 2, fsdp 4): parameters and
-    optimizer state are sharded across the processes; losses, gradient norms and the final state equal the
+    optimizer state are split across the processes; losses, gradient norms and the final state equal the
     one-process run's."""
-    if kind == "soundstorm":
-        extra = ["--config.total_steps=3", "--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=2",
-                 "--config.mesh.shape.tensor=2", "--config.mesh.fsdp_min_size=16"]
+    if config == "tiny":
+        extra = ["--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=2", "--config.mesh.shape.tensor=2",
+                 "--config.mesh.fsdp_min_size=16"]
         data = codes_dir
     else:
-        pytest.skip("codec multi-process comparison: written next")
-    reference = one_process_run(tmp_path / "one", data, *extra)
+        extra = ["--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=4", "--config.mesh.fsdp_min_size=64"]
+        data = audio_dir
+    extra.append("--config.total_steps=3")
+    reference = one_process_run(tmp_path / "one", data, *extra, config=config)
     workdir = tmp_path / "two"
     workdir.mkdir()
-    proc, log = launch(workdir, data, *extra)
+    proc, log = launch(workdir, data, *extra, config=config)
     assert wait(proc, log) == 0, open(log).read()[-3000:]
-    assert_same_losses(workdir, reference)
+    assert_same_losses(workdir, reference, config)
     assert_same_states(workdir, tmp_path / "one")
+
+
+def test_a_mesh_the_devices_do_not_divide_is_a_clear_error_in_every_process(tmp_path, codes_dir):
+    proc, log = launch(tmp_path, codes_dir, "--config.total_steps=2", "--config.mesh.shape.data=-1",
+                       "--config.mesh.shape.fsdp=3")
+    assert wait(proc, log, timeout=120) == 2
+    text = open(log).read()
+    assert text.count("do not divide the 8 available devices") == 2, text[-3000:]  # One line per process.
+    assert "compiled" not in text and "process 0: exit 2" in text and "process 1: exit 2" in text
+
+
+def test_an_impossible_process_id_is_a_clear_error(tmp_path, codes_dir):
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS="127.0.0.1:1", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID="2")
+    result = subprocess.run([sys.executable, "-m", "soundstorm_jax", "train", *train_args(tmp_path, codes_dir)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "JAX_PROCESS_ID='2'" in error[0] and "process_id" in error[0], result.stderr[-2000:]
