@@ -154,3 +154,39 @@ class PreemptionFlag:
             log.warning("process %d: preemption notice: saving step %d and stopping, as every process does",
                         jax.process_index(), step)
         return reached
+
+
+class InterruptFlag:
+    """Ctrl-C (SIGINT) stops the loop at the next step boundary, within a `with` block.
+
+    Python raises KeyboardInterrupt wherever the main thread happens to be,
+    and inside a library call (a checkpoint save, the data iterator) it can be
+    caught and lost: the run then goes on. Here the first Ctrl-C only sets a
+    flag that the loop checks after each step (it then raises
+    KeyboardInterrupt itself: exit 130, in-flight saves completed); a second
+    Ctrl-C interrupts at once. Outside the main thread signals cannot be
+    handled and this does nothing.
+    """
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._previous = None
+
+    def __enter__(self) -> "InterruptFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        log.warning("Ctrl-C: stopping after this step (Ctrl-C again stops at once)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()

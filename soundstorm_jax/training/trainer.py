@@ -230,7 +230,8 @@ def train_and_evaluate(config: Any, workdir: str, *, time_limit_s: Optional[floa
     board = tensorboard_lib.TensorBoardWriter(workdir, task, builder, start_step=step)
     last_metrics, last_eval, stopped, step_compile = {}, None, "finished", None
     tick, steps_since_log = time.perf_counter(), 0
-    with contextlib.closing(ckpt), contextlib.closing(board), checkpoint_lib.PreemptionFlag() as preempted:
+    with contextlib.closing(ckpt), contextlib.closing(board), checkpoint_lib.PreemptionFlag() as preempted, \
+            checkpoint_lib.InterruptFlag() as interrupted:
         while step < config.total_steps:
             batch = task.device_batch(next(data), train=True)
             if step_compile is None:  # The first call compiles the step, or loads it from the persistent cache.
@@ -265,6 +266,8 @@ def train_and_evaluate(config: Any, workdir: str, *, time_limit_s: Optional[floa
                 board.evaluated(state, step)  # Audio samples / reconstructions, when configured.
                 tick = time.perf_counter()
 
+            if interrupted.is_set():  # Ctrl-C, at a step boundary (see InterruptFlag).
+                raise KeyboardInterrupt
             preemption = preempted.reached(step)  # Every step, on every process (see PreemptionFlag).
             if preemption or out_of_time:
                 stopped = "preempted" if preemption else "time_limit"
