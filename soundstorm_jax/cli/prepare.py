@@ -6,6 +6,10 @@
     OUT/codes   with --codec/--encodec: the codes dataset (train SoundStorm on it: --config.data.dir=OUT/codes)
 
 Building is skipped when a dataset is already prepared there (TFDS reuses it).
+
+Run by every process of a multi-process job (`soundstorm launch --processes N -- prepare ...`), process 0
+builds the audio dataset and each process encodes its share of it with the codec on its own devices and
+writes its own shards, which process 0 then gathers into one codes dataset (`data.prepare_codes_dataset`).
 OUT may be gs://bucket/...: datasets are built in a local temporary folder
 and uploaded (TFDS writes ArrayRecord files through local files only).
 """
@@ -57,6 +61,12 @@ def run(args, out, extra):
         raise CliError(f"--sample-rate must be positive, got {args.sample_rate}")
     if args.audio is not None:
         require_dir(args.audio, "audio folder")
+    from soundstorm_jax import distributed
+    if distributed.maybe_initialize_distributed():  # One process of several (`soundstorm launch`, a pod).
+        import jax
+        process_index, process_count = jax.process_index(), jax.process_count()
+    else:
+        process_index, process_count = 0, 1
     make_out_dir(args.out)
     codec = load_codec_from_args(args)
     sample_rate = args.sample_rate
@@ -71,6 +81,8 @@ def run(args, out, extra):
         tfds.disable_progress_bar()
     record = dict(command="prepare")
     lines = []
+    if process_index > 0:  # Process 0 builds the audio dataset; the others then open it.
+        distributed.barrier("soundstorm: audio dataset prepared")
     if args.corpus is not None:
         from soundstorm_jax.data import prepare_corpus
         out.info(f"building the {args.corpus} corpus ...")
@@ -91,6 +103,8 @@ def run(args, out, extra):
         if builder.skipped_files:
             record["skipped_files"] = list(builder.skipped_files)
             lines.append(f"skipped {len(builder.skipped_files)} unreadable file(s)")
+    if process_index == 0 and process_count > 1:
+        distributed.barrier("soundstorm: audio dataset prepared")
     splits = {name: int(split.num_examples) for name, split in builder.info.splits.items()}
     record.update(audio_dataset=audio_dir, audio_splits=splits)
     lines.insert(0, f"audio dataset: {audio_dir} ({_splits(splits)})")
@@ -104,7 +118,9 @@ def run(args, out, extra):
         codes = prepare_codes_dataset(codes_dir, audio_source=builder, encode_fn=codec.encode,
                                       samples_per_frame=codec.hop_length, num_levels=codec.num_quantizers,
                                       codebook_size=codec.codebook_size,
-                                      encode_batch_size=args.encode_batch_size, metadata=_jsonable(metadata))
+                                      encode_batch_size=args.encode_batch_size, metadata=_jsonable(metadata),
+                                      process_index=process_index, process_count=process_count,
+                                      barrier=distributed.barrier)
         code_splits = {name: int(split.num_examples) for name, split in codes.info.splits.items()}
         record.update(codes_dataset=codes_dir, codes_splits=code_splits)
         lines.append(f"codes dataset: {codes_dir} ({_splits(code_splits)}); train SoundStorm with "

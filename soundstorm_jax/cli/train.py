@@ -119,7 +119,8 @@ def run(args, out, extra):
     config = read_config(args.config, extra)
     from soundstorm_jax import training
     training.check_saved_config(args.workdir, config)  # A wrong workdir fails before JAX starts.
-    training.maybe_initialize_distributed()  # Before anything touches the devices.
+    from soundstorm_jax import distributed
+    distributed.maybe_initialize_distributed()  # Before anything touches the devices.
     import jax
     with progress(out, config.total_steps, shown=jax.process_index() == 0) as (on_step, stream):
         summary = training.train_and_evaluate(config, args.workdir, on_step=on_step, stream=stream)

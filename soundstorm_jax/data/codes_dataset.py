@@ -129,7 +129,7 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
                  samples_per_frame: Optional[int] = None, encode_batch_size: int = 8,
                  pad_to_multiple: Optional[int] = None,
                  validation_fraction: float = 0.05, split_seed: int = 0,
-                 metadata: Optional[Mapping[str, Any]] = None, **kwargs):
+                 metadata: Optional[Mapping[str, Any]] = None, share: tuple[int, int] = (0, 1), **kwargs):
         """Args:
           codebook_size: K, codes per level; ids must lie in [0, K).
           num_levels: Q; inferred from the first `.npy` file when None.
@@ -144,6 +144,8 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
           validation_fraction, split_seed: split of an `.npy` folder without
             train/validation folders.
           metadata: JSON-able facts stored with the dataset (frame rate, ...).
+          share: (index, count): encode only part `index` of `count` contiguous parts of each split's
+            encoding order (one process's share; see `prepare_codes_dataset`).
           **kwargs: for `tfds.core.GeneratorBasedBuilder`; `file_format`
             defaults to "array_record".
         """
@@ -176,6 +178,8 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
         self._split_seed = split_seed
         self._codebook_size = codebook_size
         self._num_levels = num_levels
+        self._share = (int(share[0]), int(share[1]))
+        self._batches = {}  # split -> this share's batches of record indices
         self._metadata = dict(metadata or {})
         self._metadata.update(codebook_size=codebook_size)
         if num_levels is not None:
@@ -197,6 +201,9 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
                 "speaker": tfds.features.Text(),
             }),
             metadata=tfds.core.MetadataDict(self._metadata),
+            # Encoded datasets keep the encoding order (length-sorted) instead of TFDS's key-hash order, so
+            # the parts written by several processes, concatenated, are exactly the one-process dataset.
+            disable_shuffling=self._audio_source is not None,
         )
 
     def _split_generators(self, dl_manager):
@@ -207,7 +214,8 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
                                               seed=self._split_seed)
             return {name: self._generate_examples(files) for name, files in splits.items() if files}
         if self._audio_source is not None:
-            return {name: self._generate_examples(name) for name in self._audio_source.info.splits}
+            return {name: self._generate_examples(name) for name in self._audio_source.info.splits
+                    if self._encode_batches(name)}
         raise ValueError("CodesDataset needs npy_dir=... or audio_source=... to prepare a dataset")
 
     def _example(self, codes: np.ndarray, semantic: np.ndarray, file_id: str,
@@ -234,14 +242,23 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
                         else np.zeros((0,), np.int32))
             yield f.id, self._example(codes, semantic, f.id)
 
+    def _encode_batches(self, split: str) -> list[np.ndarray]:
+        """This share's batches of record indices of `split`, in encoding order."""
+        if split in self._batches:
+            return self._batches[split]
+        source = self._audio_source.as_data_source(split)
+        # Length-sorted batches waste little padding.
+        lengths = [len(source[i]["audio"]) for i in range(len(source))]
+        order = np.argsort(lengths, kind="stable")
+        batches = [order[i:i + self._encode_batch_size] for i in range(0, len(order), self._encode_batch_size)]
+        index, count = self._share
+        self._batches[split] = batches[len(batches) * index // count:len(batches) * (index + 1) // count]
+        return self._batches[split]
+
     def _generate_from_audio(self, split: str) -> Iterator[tuple[str, dict]]:
         source = self._audio_source.as_data_source(split)
         hop = self._samples_per_frame
-        # Length-sorted batches waste little padding; TFDS orders records by key anyway.
-        lengths = [len(source[i]["audio"]) for i in range(len(source))]
-        order = np.argsort(lengths, kind="stable")
-        batches = [order[i:i + self._encode_batch_size]
-                   for i in range(0, len(order), self._encode_batch_size)]
+        batches = self._encode_batches(split)
         for batch_indices in tqdm.tqdm(batches, desc=f"encoding {split}", unit="batch"):
             records = [source[int(i)] for i in batch_indices]
             audio = _pad_batch([r["audio"] for r in records], self._encode_batch_size,
@@ -264,9 +281,64 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
                                              record["text"].decode(), record["speaker"].decode())
 
 
-def prepare_codes_dataset(data_dir: str, **kwargs) -> CodesDataset:
+def prepare_codes_dataset(data_dir: str, *, process_index: int = 0, process_count: int = 1,
+                          barrier: Optional[Callable[[str], None]] = None, **kwargs) -> tfds.core.DatasetBuilder:
     """Builds (or reuses) a codes dataset in `data_dir`; `kwargs` go to `CodesDataset`.
+
+    With `process_count` > 1 (every process of a multi-process job calls this, with an `audio_source` and
+    its own `encode_fn` on its local devices), each process encodes one contiguous part of each split's
+    encoding order and writes its own ArrayRecord shards under `data_dir/parts/`; after `barrier(name)`
+    (all processes wait there, e.g. `multihost_utils.sync_global_devices`) process 0 gathers the shards,
+    in process order, into one dataset, which equals the one-process dataset example for example.
 
     Returns the builder; read a split with `builder.as_data_source("train")`.
     """
-    return audio_folder.prepare_dataset(lambda folder: CodesDataset(data_dir=folder, **kwargs), data_dir)
+    if process_count == 1:
+        return audio_folder.prepare_dataset(lambda folder: CodesDataset(data_dir=folder, **kwargs), data_dir)
+    if kwargs.get("audio_source") is None or barrier is None:
+        raise ValueError("a codes dataset is prepared by several processes only from an audio_source, with a "
+                         "barrier")
+    whole = CodesDataset(data_dir=data_dir, **kwargs)
+    if whole.is_prepared():
+        return whole
+    parts = epath.Path(data_dir) / "parts"
+    part_dirs = [str(parts / f"{i:05d}-of-{process_count:05d}") for i in range(process_count)]
+    audio_folder.prepare_dataset(
+        lambda folder: CodesDataset(data_dir=folder, share=(process_index, process_count), **kwargs),
+        part_dirs[process_index])
+    barrier("soundstorm: codes parts written")
+    if process_index == 0:
+        merge_parts([str(CodesDataset(data_dir=d, **kwargs).data_dir) for d in part_dirs], str(whole.data_dir))
+        parts.rmtree()
+    barrier("soundstorm: codes parts merged")
+    return CodesDataset(data_dir=data_dir, **kwargs)
+
+
+def merge_parts(part_dirs: list[str], out_dir: str) -> None:
+    """Prepared datasets of the same builder (version folders, in order) -> one version folder `out_dir`.
+
+    Shards are copied in part order and renumbered; each split's shard lengths and sizes are concatenated.
+    A split a part lacks (it had nothing of it to encode) is skipped for that part.
+    """
+    missing = [d for d in part_dirs if not (epath.Path(d) / "dataset_info.json").exists()]
+    if missing:
+        raise FileNotFoundError(f"the codes dataset part(s) {missing} are missing: every process of the job "
+                                f"must write its part before they are merged")
+    infos = [tfds.builder_from_directory(d).info for d in part_dirs]
+    out = epath.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(dict.fromkeys(name for info in infos for name in info.splits))
+    merged = []
+    for name in names:
+        parts = [info.splits[name] for info in infos if name in info.splits]
+        files = [f for split in parts for f in split.filepaths]
+        template = tfds.core.ShardedFileTemplate(data_dir=out, dataset_name=infos[0].name, split=name,
+                                                 filetype_suffix=infos[0].file_format.value)
+        for index, path in enumerate(files):
+            epath.Path(path).copy(template.sharded_filepath(shard_index=index, num_shards=len(files)),
+                                  overwrite=True)
+        merged.append(tfds.core.SplitInfo(name=name, shard_lengths=[n for s in parts for n in s.shard_lengths],
+                                          num_bytes=sum(s.num_bytes for s in parts), filename_template=template))
+    info = infos[0]
+    info.set_splits(tfds.core.SplitDict(merged))
+    info.write_to_directory(out)

@@ -17,8 +17,8 @@ from soundstorm_jax.training.checkpoint import Checkpointer, PreemptionFlag
 from soundstorm_jax.training.config import (ConfigError, apply_overrides, check_config, check_saved_config,
                                             load_config, save_config)
 from soundstorm_jax.training.restore import load_codec, load_soundstorm, restore_run
-from soundstorm_jax.training.sharding import (MESH_AXES, batch_sharding, make_mesh, maybe_initialize_distributed,
-                                              resolve_mesh_shape, rules_from_config)
+from soundstorm_jax.distributed import maybe_initialize_distributed
+from soundstorm_jax.training.sharding import MESH_AXES, batch_sharding, make_mesh, resolve_mesh_shape, rules_from_config
 from soundstorm_jax.training.state import TrainState, bytes_per_device
 from soundstorm_jax.training.trainer import Task, TrainSummary, build_task, train_and_evaluate
 

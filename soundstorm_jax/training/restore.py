@@ -33,7 +33,7 @@ class RestoredRun:
 
 def restore_run(workdir: str, *, step: Optional[int] = None, kind: Optional[str] = None,
                 mesh: Optional[Mesh] = None) -> RestoredRun:
-    """The run in `workdir` at checkpoint `step` (default: the latest), on `mesh` (default: one device).
+    """The run in `workdir` at checkpoint `step` (default: the latest), on `mesh` (default: one local device).
 
     `kind` ('soundstorm' or 'codec') is what the caller needs; another kind is an error naming both.
     Every problem (no folder, no or a malformed config.json, no checkpoint) is a ValueError or
@@ -49,7 +49,8 @@ def restore_run(workdir: str, *, step: Optional[int] = None, kind: Optional[str]
     found = config_lib.kind_of(config)
     if kind is not None and found != kind:
         raise config_lib.ConfigError(f"{workdir!r} holds a {found!r} run, not a {kind!r} one")
-    mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+    # One device of this process (with several processes, each restores its own copy).
+    mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.local_devices()[:1])
     # Training batch sizes need not divide this mesh: restoring reads no batch.
     ways = sharding.data_parallel_size(mesh, sharding.rules_from_config(config.mesh.rules))
     config.data.batch_size = config.data.eval_batch_size = ways * jax.process_count()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -39,42 +38,6 @@ log = logging.getLogger(__name__)
 MESH_AXES = ("data", "fsdp", "tensor")
 
 Rules = tuple[tuple[str, Any], ...]
-
-
-def maybe_initialize_distributed() -> bool:
-    """`jax.distributed.initialize(...)` when the environment describes several processes.
-
-    Reads JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (what
-    `soundstorm launch` sets) and SOUNDSTORM_HEARTBEAT_TIMEOUT (seconds after
-    which a silent process counts as dead and the job stops; JAX's default is
-    100); cluster environments (TPU VMs, SLURM) are detected by JAX itself.
-    A plain single-process run skips it. Must run before anything touches
-    devices. Returns whether it initialised.
-    """
-    env = os.environ
-    multi = (int(env.get("JAX_NUM_PROCESSES", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in env
-             or int(env.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in env
-             or "MEGASCALE_COORDINATOR_ADDRESS" in env)
-    if not multi:
-        return False
-    kwargs = {}
-    for key, name in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"),
-                      ("heartbeat_timeout_seconds", "SOUNDSTORM_HEARTBEAT_TIMEOUT")):
-        if env.get(name):
-            try:
-                kwargs[key] = int(env[name])
-            except ValueError:
-                raise ValueError(f"environment variable {name}={env[name]!r} is not an integer") from None
-    try:
-        jax.distributed.initialize(**kwargs)
-    except (RuntimeError, ValueError) as e:  # E.g. a process id out of range, or an unreachable coordinator.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"jax.distributed.initialize failed ({first}); check JAX_COORDINATOR_ADDRESS="
-                         f"{env.get('JAX_COORDINATOR_ADDRESS')!r}, JAX_NUM_PROCESSES={env.get('JAX_NUM_PROCESSES')!r}, "
-                         f"JAX_PROCESS_ID={env.get('JAX_PROCESS_ID')!r}") from e
-    log.info("process %d of %d; %d local devices of %d", jax.process_index(), jax.process_count(),
-             jax.local_device_count(), jax.device_count())
-    return True
 
 
 def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> dict[str, int]:

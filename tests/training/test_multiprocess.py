@@ -109,8 +109,9 @@ def assert_same_losses(workdir, reference, config="tiny"):
     assert {r["step"] for r in records} == set(reference)
     for record in records:  # Steps redone after a resume must equal the first try too.
         want = reference[record["step"]]
-        np.testing.assert_allclose([record[k] for k in keys], [want[k] for k in keys], rtol=2e-6,
-                                   err_msg=f"step {record['step']}: {keys}")
+        # Float rounding only: XLA sums across processes in another order (the codec's GAN terms amplify it).
+        np.testing.assert_allclose([record[k] for k in keys], [want[k] for k in keys],
+                                   rtol=2e-6 if config == "tiny" else 2e-5, err_msg=f"step {record['step']}: {keys}")
 
 
 def assert_same_states(workdir, reference_workdir, mesh_shape=None):
@@ -179,8 +180,9 @@ def test_killed_then_preempted_then_resumed_run_reproduces_one_process_training(
 
 
 @pytest.fixture(scope="module")
-def audio_dir(tmp_path_factory):
-    """A prepared 16 kHz audio dataset: noise bursts and tones, 10 training and 3 validation clips."""
+def audio_root(tmp_path_factory):
+    """WAVs (noisy tones of 0.15 to 0.3 s at 16 kHz: 10 training, 3 validation clips) in `wavs/` and their
+    prepared audio dataset in `prepared/`."""
     import soundfile
     from soundstorm_jax.data import prepare_audio_folder
     root = tmp_path_factory.mktemp("audio")
@@ -188,33 +190,77 @@ def audio_dir(tmp_path_factory):
     for split, n in (("train", 10), ("validation", 3)):
         (root / "wavs" / split).mkdir(parents=True)
         for i in range(n):
-            t = np.arange(4000) / 16000
+            t = np.arange(int(rng.integers(2400, 4800))) / 16000
             clip = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 1000) * t) + rng.normal(0, 0.02, t.size)
             soundfile.write(str(root / "wavs" / split / f"c{i}.wav"), clip.astype(np.float32), 16000)
     prepare_audio_folder(str(root / "wavs"), str(root / "prepared"), sample_rate=16000)
-    return str(root / "prepared")
+    return root
+
+
+CODEC_MESH = ["--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=4", "--config.mesh.fsdp_min_size=64",
+              "--config.total_steps=3"]
+
+
+@pytest.fixture(scope="module")
+def codec_reference(tmp_path_factory, audio_root):
+    """The codec trained here on 8 devices (one process): (workdir, {step: metrics})."""
+    workdir = tmp_path_factory.mktemp("codec_one")
+    return str(workdir), one_process_run(workdir, audio_root / "prepared", *CODEC_MESH, config="codec_tiny")
 
 
 @pytest.mark.parametrize("config", ["tiny", "codec_tiny"])
-def test_sharded_parameters_train_like_one_process(tmp_path, codes_dir, audio_dir, config):
+def test_sharded_parameters_train_like_one_process(tmp_path, codes_dir, audio_root, codec_reference, config):
     """SoundStorm on a (data 2, fsdp 2, tensor 2) mesh and the codec on (data 2, fsdp 4): parameters and
     optimizer state are split across the processes; losses, gradient norms and the final state equal the
     one-process run's."""
     if config == "tiny":
         extra = ["--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=2", "--config.mesh.shape.tensor=2",
-                 "--config.mesh.fsdp_min_size=16"]
+                 "--config.mesh.fsdp_min_size=16", "--config.total_steps=3"]
         data = codes_dir
+        reference_dir = tmp_path / "one"
+        reference = one_process_run(reference_dir, data, *extra)
     else:
-        extra = ["--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=4", "--config.mesh.fsdp_min_size=64"]
-        data = audio_dir
-    extra.append("--config.total_steps=3")
-    reference = one_process_run(tmp_path / "one", data, *extra, config=config)
+        extra, data = CODEC_MESH, audio_root / "prepared"
+        reference_dir, reference = codec_reference
     workdir = tmp_path / "two"
     workdir.mkdir()
     proc, log = launch(workdir, data, *extra, config=config)
     assert wait(proc, log) == 0, open(log).read()[-3000:]
     assert_same_losses(workdir, reference, config)
-    assert_same_states(workdir, tmp_path / "one")
+    assert_same_states(workdir, reference_dir)
+
+
+def test_prepare_by_two_processes_equals_one_process_example_for_example(tmp_path, audio_root, codec_reference):
+    """`soundstorm prepare --codec` run by both processes of a job: each encodes its share and writes its own
+    shards; the gathered codes dataset is the one-process dataset, example for example, in order."""
+    import tensorflow_datasets as tfds
+    from soundstorm_jax.cli.main import main
+    codec_dir = codec_reference[0]
+    common = ["prepare", "--audio", str(audio_root / "wavs"), "--codec", codec_dir, "--encode-batch-size", "2"]
+    assert main(["--quiet", *common, "--out", str(tmp_path / "one")]) == 0
+    log = open(tmp_path / "launch.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "soundstorm_jax", "launch", "--processes", "2", "--cpu-devices", "1",
+                             "--heartbeat-timeout", str(HEARTBEAT_S), "--", *common, "--out", str(tmp_path / "two")],
+                            stdout=log, stderr=subprocess.STDOUT)
+    assert wait(proc, log.name) == 0, open(log.name).read()[-3000:]
+    one = tfds.builder_from_directory(str(tmp_path / "one" / "codes" / "codes_dataset" / "1.0.0"))
+    two = tfds.builder_from_directory(str(tmp_path / "two" / "codes" / "codes_dataset" / "1.0.0"))
+    assert not (tmp_path / "two" / "codes" / "parts").exists()
+    for split in ("train", "validation"):
+        # 5 and 2 encoding batches: each process wrote its own shard of each split.
+        assert len(two.info.splits[split].shard_lengths) == 2
+        a, b = one.as_data_source(split), two.as_data_source(split)
+        assert len(a) == len(b) == (10 if split == "train" else 3)
+        for x, y in zip(a, b):
+            assert x["id"] == y["id"] and x["text"] == y["text"]
+            np.testing.assert_array_equal(x["codes"], y["codes"])
+
+
+def test_a_missing_part_is_named(tmp_path):
+    from soundstorm_jax.data.codes_dataset import merge_parts
+    with pytest.raises(FileNotFoundError, match="00001-of-00002"):
+        merge_parts([str(tmp_path / "parts" / "00000-of-00002"), str(tmp_path / "parts" / "00001-of-00002")],
+                    str(tmp_path / "out"))
 
 
 def test_a_mesh_the_devices_do_not_divide_is_a_clear_error_in_every_process(tmp_path, codes_dir):
