@@ -2,9 +2,11 @@
 coordinator, collectives through gloo) and the results are compared with one process on 8 devices (this one).
 
 What a pod run does that these show: the global batch is assembled from the processes' parts (each reads only
-its rows), losses, gradient norms and parameters equal the one-process run's, checkpoints written by both
-processes restore on 2 processes, on 8 devices and on 4, a process killed mid-run stops the other within the
-heartbeat bound and a restart resumes, and SIGTERM to one process makes both save the same step.
+its rows), losses, gradient norms and parameters equal the one-process run's (data parallel, FSDP + tensor
+parallel, SoundStorm and the codec), checkpoints written by both processes restore on 2 processes (on another
+mesh too), on 8 devices and on 4, a process killed mid-run stops the other within the heartbeat bound and a
+restart resumes, SIGTERM to one process makes both save the same step, and `prepare --codec` by both processes
+gives the one-process dataset.
 """
 import json
 import os
@@ -124,12 +126,13 @@ def assert_same_states(workdir, reference_workdir, mesh_shape=None):
                      jax.device_get(got), jax.device_get(want))
 
 
-def test_killed_then_preempted_then_resumed_run_reproduces_one_process_training(tmp_path, codes_dir):
-    """Data parallel over 2 processes: SIGKILL one process (the other stops within the heartbeat bound),
-    restart (resumes from the last complete checkpoint), SIGTERM one process (both save the same step and
-    exit 0), restart to the end: every logged loss equals the one-process run's, and so do the final
-    parameters, restored on 8 devices and on 4."""
-    steps = 10
+def test_killed_preempted_and_resharded_runs_reproduce_one_process_training(tmp_path, codes_dir):
+    """SoundStorm over 2 processes. Data parallel (data 8): SIGKILL one process (the other stops within the
+    heartbeat bound); restart (resumes from the last complete checkpoint); SIGTERM one process (both save the
+    same step and exit 0). Then resumed on (fsdp 4, tensor 2), parameters and optimizer state split across the
+    processes, to the end. Every logged loss and gradient norm equals the one-process 8-device run's, and so does
+    the final state, restored on 8 devices and on 4."""
+    steps = 14
     reference = one_process_run(tmp_path / "one", codes_dir, f"--config.total_steps={steps}")
     workdir = tmp_path / "two"
     workdir.mkdir()
@@ -164,16 +167,17 @@ def test_killed_then_preempted_then_resumed_run_reproduces_one_process_training(
     os.kill(coordinator, signal.SIGTERM)
     assert wait(proc, log) == 0, open(log).read()[-3000:]
     text = open(log).read()
-    saved = {int(p): int(s) for p, s in re.findall(r"process (\d): preemption notice: saving step (\d+)", text)}
-    if saved:  # (Unless the run finished first.)
-        assert set(saved) == {0, 1} and len(set(saved.values())) == 1, text[-3000:]
-        assert saved[0] in complete_checkpoints(workdir)
-        assert saved[0] < steps
     assert f"resumed from step {resumed_from}" in text
+    saved = {int(p): int(s) for p, s in re.findall(r"process (\d): preemption notice: saving step (\d+)", text)}
+    assert set(saved) == {0, 1} and len(set(saved.values())) == 1, text[-3000:]
+    assert saved[0] in complete_checkpoints(workdir) and saved[0] < steps
 
-    # 3. Restart to the end.
-    proc, log = launch(workdir, codes_dir, f"--config.total_steps={steps}", log_name="final.log")
+    # 3. Restart on another mesh, to the end.
+    proc, log = launch(workdir, codes_dir, f"--config.total_steps={steps}", "--config.mesh.shape.data=1",
+                       "--config.mesh.shape.fsdp=4", "--config.mesh.shape.tensor=2", "--config.mesh.fsdp_min_size=16",
+                       log_name="resharded.log")
     assert wait(proc, log) == 0, open(log).read()[-3000:]
+    assert f"resumed from step {saved[0]}" in open(log).read()
     assert complete_checkpoints(workdir)[-1] == steps
     assert_same_losses(workdir, reference)
     assert_same_states(workdir, tmp_path / "one")
@@ -208,25 +212,15 @@ def codec_reference(tmp_path_factory, audio_root):
     return str(workdir), one_process_run(workdir, audio_root / "prepared", *CODEC_MESH, config="codec_tiny")
 
 
-@pytest.mark.parametrize("config", ["tiny", "codec_tiny"])
-def test_sharded_parameters_train_like_one_process(tmp_path, codes_dir, audio_root, codec_reference, config):
-    """SoundStorm on a (data 2, fsdp 2, tensor 2) mesh and the codec on (data 2, fsdp 4): parameters and
-    optimizer state are split across the processes; losses, gradient norms and the final state equal the
-    one-process run's."""
-    if config == "tiny":
-        extra = ["--config.mesh.shape.data=2", "--config.mesh.shape.fsdp=2", "--config.mesh.shape.tensor=2",
-                 "--config.mesh.fsdp_min_size=16", "--config.total_steps=3"]
-        data = codes_dir
-        reference_dir = tmp_path / "one"
-        reference = one_process_run(reference_dir, data, *extra)
-    else:
-        extra, data = CODEC_MESH, audio_root / "prepared"
-        reference_dir, reference = codec_reference
+def test_a_sharded_codec_trains_like_one_process(tmp_path, audio_root, codec_reference):
+    """The codec on (data 2, fsdp 4): parameters and Adam state split, the batch across the processes; losses,
+    gradient norms and the final state equal the one-process run's."""
+    reference_dir, reference = codec_reference
     workdir = tmp_path / "two"
     workdir.mkdir()
-    proc, log = launch(workdir, data, *extra, config=config)
+    proc, log = launch(workdir, audio_root / "prepared", *CODEC_MESH, config="codec_tiny")
     assert wait(proc, log) == 0, open(log).read()[-3000:]
-    assert_same_losses(workdir, reference, config)
+    assert_same_losses(workdir, reference, "codec_tiny")
     assert_same_states(workdir, reference_dir)
 
 
