@@ -138,7 +138,8 @@ def add_codec_options(parser, *, required: bool) -> None:
                        help="a codec training workdir (soundstorm train --config codec_tiny ...); its latest "
                             "checkpoint is used")
     group.add_argument("--encodec", metavar="FILE",
-                       help="an EnCodec 24 kHz PyTorch checkpoint (.th/.pt/.safetensors) to import")
+                       help="an EnCodec 24 kHz checkpoint to import: a PyTorch state dict (.th/.pt, needs torch) "
+                            "or an .npz of its arrays")
     parser.add_argument("--bandwidth", type=float, default=None,
                         help="with --encodec: the target bandwidth in kbps (sets the number of levels; "
                              "default: the model's)")
