@@ -125,7 +125,8 @@ def run(args, out, extra):
         record.update(codes_dataset=codes_dir, codes_splits=code_splits)
         lines.append(f"codes dataset: {codes_dir} ({_splits(code_splits)}); train SoundStorm with "
                      f"--config.data.dir={codes_dir}")
-    out.result(record, lines)
+    if process_index == 0:  # One result per job, not one per process.
+        out.result(record, lines)
     return 0
 
 

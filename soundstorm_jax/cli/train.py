@@ -129,6 +129,7 @@ def run(args, out, extra):
     record = dict(command="train", workdir=args.workdir, step=summary.step, stopped=summary.stopped,
                   checkpoints=steps, metrics=os.path.join(args.workdir, "metrics.jsonl"),
                   train_step_compile=summary.train_step_compile)
-    out.result(record, [f"trained in {args.workdir} to step {summary.step} ({summary.stopped}; checkpoints at "
-                        f"steps {steps})"])
+    if jax.process_index() == 0:  # One result per job, not one per process.
+        out.result(record, [f"trained in {args.workdir} to step {summary.step} ({summary.stopped}; checkpoints at "
+                            f"steps {steps})"])
     return 0
