@@ -24,9 +24,10 @@ def maybe_initialize_distributed() -> bool:
     """`jax.distributed.initialize(...)` when the environment describes several processes.
 
     Reads JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (what
-    `soundstorm launch` sets) and SOUNDSTORM_HEARTBEAT_TIMEOUT (seconds after
+    `soundstorm launch` sets), SOUNDSTORM_HEARTBEAT_TIMEOUT (seconds after
     which a silent process counts as dead and the job stops; JAX's default is
-    100); cluster environments (TPU VMs, SLURM) are detected by JAX itself.
+    100) and SOUNDSTORM_INIT_TIMEOUT (seconds to wait for every process to
+    join; JAX's default is 300); cluster environments (TPU VMs, SLURM) are detected by JAX itself.
     A plain single-process run skips it. Must run before anything touches
     devices. Returns whether it initialised.
     """
@@ -36,7 +37,8 @@ def maybe_initialize_distributed() -> bool:
     import jax
     kwargs = {}
     for key, name in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"),
-                      ("heartbeat_timeout_seconds", "SOUNDSTORM_HEARTBEAT_TIMEOUT")):
+                      ("heartbeat_timeout_seconds", "SOUNDSTORM_HEARTBEAT_TIMEOUT"),
+                      ("initialization_timeout", "SOUNDSTORM_INIT_TIMEOUT")):
         if env.get(name):
             try:
                 kwargs[key] = int(env[name])

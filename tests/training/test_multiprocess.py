@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 
+from soundstorm_jax.cli.launch import free_port
 from soundstorm_jax.cli.train import read_config
 from soundstorm_jax.training import restore, sharding, train_and_evaluate
 
@@ -273,3 +274,15 @@ def test_an_impossible_process_id_is_a_clear_error(tmp_path, codes_dir):
     assert result.returncode == 2, result.stderr[-2000:]
     error = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(error) == 1 and "JAX_PROCESS_ID='2'" in error[0] and "process_id" in error[0], result.stderr[-2000:]
+
+
+def test_a_process_whose_partners_never_join_stops_within_the_init_timeout(tmp_path, codes_dir):
+    """Process 0 of 2 started alone (the other never launched, or given another process count): JAX gives up
+    after SOUNDSTORM_INIT_TIMEOUT seconds instead of waiting forever."""
+    env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}", JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID="0", SOUNDSTORM_INIT_TIMEOUT="5", JAX_PLATFORMS="cpu")
+    start = time.time()
+    result = subprocess.run([sys.executable, "-m", "soundstorm_jax", "train", *train_args(tmp_path, codes_dir)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and time.time() - start < 60
+    assert "deadline exceeded" in result.stderr.lower(), result.stderr[-2000:]
