@@ -57,6 +57,15 @@ def emulator_env(url: str) -> dict:
             "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 
 
+def bucket_answers(url: str) -> bool:
+    """Whether the emulator at `url` serves the bucket it creates at start (False while it is starting)."""
+    try:
+        with urllib.request.urlopen(f"{url}/storage/v1/b/{BUCKET}", timeout=2) as response:
+            return response.status == 200
+    except OSError:  # Not listening yet.
+        return False
+
+
 @contextlib.contextmanager
 def running_emulator(timeout_s: float = 30.0):
     """Starts the emulator (in memory, `test-bucket` created), yields `emulator_env` for it, and stops it."""
@@ -70,12 +79,8 @@ def running_emulator(timeout_s: float = 30.0):
     try:
         deadline = time.time() + timeout_s
         while True:
-            try:  # Ready once the bucket it creates at start answers.
-                with urllib.request.urlopen(f"{url}/storage/v1/b/{BUCKET}", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
+            if bucket_answers(url):
+                break
             if proc.poll() is not None or time.time() > deadline:
                 log.seek(0)
                 raise RuntimeError(f"the storage emulator did not start: {log.read()[-2000:]}")

@@ -103,7 +103,45 @@ class Checkpointer:
         self.manager.close()
 
 
-class PreemptionFlag:
+class SignalFlag:
+    """A flag set by signal `signum` while in its `with` block (the previous handler is put back on leaving).
+
+    Signals can only be handled in the main thread; elsewhere, or when `_listens()` says no, nothing is
+    installed and the flag stays unset. Subclasses say what a signal means (`_on_signal`).
+    """
+
+    signum: signal.Signals
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._previous = None
+
+    def _listens(self) -> bool:
+        return True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and self._listens():
+            self._previous = signal.signal(self.signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(self.signum, self._previous)
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self._on_signal()
+        self._event.set()
+
+    def _on_signal(self) -> None:
+        """What to say (and do) when the signal arrives."""
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+
+class PreemptionFlag(SignalFlag):
     """Whether to save and stop because the machine is being preempted (SIGTERM), within a `with` block.
 
     Call `reached(step)` once after every step, on every process. One process
@@ -115,32 +153,24 @@ class PreemptionFlag:
     same step with no per-step collective of ours.
     """
 
+    signum = signal.SIGTERM
+
     def __init__(self):
-        self._event = threading.Event()
-        self._previous = None
+        super().__init__()
         self._distributed = False
         self._warned = False
 
-    def __enter__(self) -> "PreemptionFlag":
+    def _listens(self) -> bool:
         self._distributed = jax.process_count() > 1
-        if not self._distributed:  # (With several processes, our handler would replace JAX's notifier.)
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
+        return not self._distributed  # (With several processes, our handler would replace JAX's notifier.)
 
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-    def _handle(self, signum, frame):
-        del signum, frame
+    def _on_signal(self) -> None:
         log.warning("SIGTERM: saving a checkpoint and stopping")
-        self._event.set()
 
     def reached(self, step: int) -> bool:
         """True at the step every process saves and stops at."""
         if not self._distributed:
-            return self._event.is_set()
+            return self.is_set()
         from jax.experimental import multihost_utils
         try:
             reached = multihost_utils.reached_preemption_sync_point(step)
@@ -156,7 +186,7 @@ class PreemptionFlag:
         return reached
 
 
-class InterruptFlag:
+class InterruptFlag(SignalFlag):
     """Ctrl-C (SIGINT) stops the loop at the next step boundary, within a `with` block.
 
     Python raises KeyboardInterrupt wherever the main thread happens to be,
@@ -164,29 +194,11 @@ class InterruptFlag:
     caught and lost: the run then goes on. Here the first Ctrl-C only sets a
     flag that the loop checks after each step (it then raises
     KeyboardInterrupt itself: exit 130, in-flight saves completed); a second
-    Ctrl-C interrupts at once. Outside the main thread signals cannot be
-    handled and this does nothing.
+    Ctrl-C interrupts at once.
     """
 
-    def __init__(self):
-        self._event = threading.Event()
-        self._previous = None
+    signum = signal.SIGINT
 
-    def __enter__(self) -> "InterruptFlag":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-    def _handle(self, signum, frame):
-        del signum, frame
+    def _on_signal(self) -> None:
         log.warning("Ctrl-C: stopping after this step (Ctrl-C again stops at once)")
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        self._event.set()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
