@@ -181,8 +181,11 @@ def load_samples_codec(path: str, net: Any) -> Any:
     return codec
 
 
-def soundstorm_clips(task: Any, state: Any, examples: Mapping[str, np.ndarray], codec: Any) -> list[Clip]:
-    """SoundStorm's generations for `examples` (prompted with their first third) and their decoded references."""
+def soundstorm_clips(task: Any, state: Any, examples: Mapping[str, np.ndarray], codec: Any, *,
+                     compute: bool = True) -> list[Clip]:
+    """SoundStorm's generations for `examples` (prompted with their first third) and their decoded references.
+
+    Every process calls it (gathering the parameters is a collective); only those with `compute` generate."""
     from soundstorm_jax.sampler.generate import generate
     from soundstorm_jax.training.soundstorm_task import host_batch
 
@@ -196,6 +199,8 @@ def soundstorm_clips(task: Any, state: Any, examples: Mapping[str, np.ndarray], 
     if "semantic_ids" in inputs:
         options["semantic_ids"] = inputs["semantic_ids"]
     params = _on_this_host(nn.unbox(task.eval_params(state)))
+    if not compute:
+        return []
     generated = np.asarray(generate(task.model, {"params": params}, codes.shape[1], **options))
     audio = np.asarray(codec.decode(np.maximum(generated, 0)))  # Padded frames come back as -1.
     reference = np.asarray(codec.decode(np.where(mask[:, :, None], codes, 0)))
@@ -208,10 +213,14 @@ def _reconstruct(codec_module: Any, variables: Any, audio: jax.Array) -> jax.Arr
     return codec_module.apply(variables, audio, train=False).audio
 
 
-def codec_clips(task: Any, state: Any, examples: Mapping[str, np.ndarray]) -> list[Clip]:
-    """The codec's full-bitrate reconstructions of `examples` (their first window, real samples only)."""
+def codec_clips(task: Any, state: Any, examples: Mapping[str, np.ndarray], *, compute: bool = True) -> list[Clip]:
+    """The codec's full-bitrate reconstructions of `examples` (their first window, real samples only).
+
+    Every process calls it (gathering the parameters is a collective); only those with `compute` decode."""
     codec_state = state.codec
     variables = _on_this_host({"params": codec_state.params["generator"], "vq_stats": codec_state.vq_stats})
+    if not compute:
+        return []
     audio = np.asarray(examples["audio"], np.float32)
     reconstructed = np.asarray(_reconstruct(codec_state.config.codec, variables, audio))
     samples = np.asarray(examples["mask"]).sum(axis=1)
@@ -269,12 +278,10 @@ class TensorBoardWriter:
                 return
         if self.task.kind == "codec":
             section, names = "reconstructions", ("reconstructed", "original")
-            clips = codec_clips(self.task, state, self._examples)
+            clips = codec_clips(self.task, state, self._examples, compute=self._writer is not None)
         else:
             section, names = "samples", ("generated", "reference")
-            clips = soundstorm_clips(self.task, state, self._examples, self.codec)
-        if self._writer is None:
-            return
+            clips = soundstorm_clips(self.task, state, self._examples, self.codec, compute=self._writer is not None)
         for i, clip in enumerate(clips):
             self._audio(f"{section}/{i}/{names[0]}", clip.output, clip.sample_rate, step)
             if not self._references_written:  # They do not change during a run.
