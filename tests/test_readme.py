@@ -2,8 +2,8 @@
 
 They run in a fresh interpreter with XLA's default optimisation level: the
 examples are paper-size (1024 frames, dim 512), so their run time outweighs
-compiling, and the -O0 compiles that tests/conftest.py sets for the rest of
-the suite would make them about 1.6x slower. LLVM's expensive passes stay off
+compiling, and the -O0 compiles and older loop emitters that tests/conftest.py
+sets for the rest of the suite would make them about 1.6x slower. LLVM's expensive passes stay off
 (conftest's other flag): they cost compile time and bought no run time here.
 """
 import os
@@ -39,9 +39,11 @@ def test_readme_python_blocks_run():
     blocks = python_blocks(README.read_text())
     assert blocks, "the README should hold Python examples"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    # The suite's device count (8 emulated CPUs), without conftest's -O0.
+    # The suite's device count (8 emulated CPUs), without conftest's -O0 and its older loop emitters (both
+    # compile faster but run slower; these examples run more than they compile).
     env["XLA_FLAGS"] = " ".join(flag for flag in env.get("XLA_FLAGS", "").split()
-                                if not flag.startswith("--xla_backend_optimization_level"))
+                                if not flag.startswith(("--xla_backend_optimization_level",
+                                                        "--xla_cpu_use_fusion_emitters")))
     # The same matmul precision as the rest of the suite (tests/conftest.py).
     env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
     result = subprocess.run([sys.executable, "-c", RUNNER, str(README)], env=env, cwd=README.parent,
