@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from functools import partial
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -154,15 +155,20 @@ def setup_decoding(model, variables, *, options: SamplingOptions, level_steps, u
     return decoder, plan, DecodeState(codes=codes, carry=carry)
 
 
-@partial(jax.jit, static_argnames=("model", "options", "level_steps", "use_guidance", "use_critic", "pad_value"))
+@partial(jax.jit, static_argnames=("model", "options", "level_steps", "use_guidance", "use_critic", "pad_value",
+                                   "rules"))
 def _program(model, options, level_steps, use_guidance, use_critic, pad_value, variables, codes, valid, fixed, keys,
-             semantic_ids, cond, scalars):
-    """The whole generation: conditioning, every pass, padding. One XLA program."""
-    decoder, plan, state = setup_decoding(model, variables, options=options, level_steps=level_steps,
-                                          use_guidance=use_guidance, use_critic=use_critic, codes=codes, valid=valid,
-                                          fixed=fixed, keys=keys, semantic_ids=semantic_ids, cond=cond,
-                                          scalars=scalars)
-    codes = decode(decoder, plan, state).codes
+             semantic_ids, cond, scalars, rules=()):
+    """The whole generation: conditioning, every pass, padding. One XLA program.
+
+    `rules` (logical-axis rules, static) turn the model's activation constraints on when it runs on a mesh.
+    """
+    with nn.logical_axis_rules(rules):
+        decoder, plan, state = setup_decoding(model, variables, options=options, level_steps=level_steps,
+                                              use_guidance=use_guidance, use_critic=use_critic, codes=codes,
+                                              valid=valid, fixed=fixed, keys=keys, semantic_ids=semantic_ids,
+                                              cond=cond, scalars=scalars)
+        codes = decode(decoder, plan, state).codes
     return jnp.where(valid[:, :, None], codes, pad_value)
 
 
@@ -240,7 +246,8 @@ def _decode_audio(model, variables, codes):
 
 
 def generate(model, variables, num_frames: int | None = None, *, pad_value: int = -1, decode_audio=None,
-             return_codes: bool = False, output_dir=None, file_prefix: str = "sample", **options):
+             return_codes: bool = False, output_dir=None, file_prefix: str = "sample", mesh=None, rules=None,
+             **options):
     """Generate codes ``(batch, frames, levels)`` with a trained :class:`SoundStorm`.
 
     With a codec attached (and ``decode_audio`` not False) returns a list of
@@ -279,6 +286,11 @@ def generate(model, variables, num_frames: int | None = None, *, pad_value: int 
       frame_bucket: frames are padded up to a multiple of this for compilation
         reuse (None or 1: exact length).
       pad_value: what padded frames hold in the output.
+      mesh: a ``jax.sharding.Mesh`` with axes ``('data', 'fsdp', 'tensor')``
+        (``training.sharding.make_mesh``) to generate on: the batch is split
+        over the axes ``'batch'`` maps to, parameters follow the training
+        rules (see :mod:`.mesh`); None: one device.
+      rules: logical-axis rules for ``mesh`` (default: the training configs').
     """
     if output_dir is not None and (model.codec is None or decode_audio is False):
         raise ValueError("output_dir= writes audio files: it needs a codec attached to SoundStorm "
@@ -290,7 +302,16 @@ def generate(model, variables, num_frames: int | None = None, *, pad_value: int 
     if output_dir is not None:  # An unwritable folder fails before the program runs.
         from soundstorm_jax.data.audio_io import make_output_dir, write_waveforms
         make_output_dir(output_dir)
-    codes = _program(model, pad_value=int(pad_value), variables=variables, **inputs)[:, :n]
+    if mesh is None:
+        codes = _program(model, pad_value=int(pad_value), variables=variables, **inputs)[:, :n]
+    else:
+        from soundstorm_jax.sampler import mesh as mesh_lib
+        rules = mesh_lib.default_rules() if rules is None else sharding_rules(rules)
+        variables, inputs, b = mesh_lib.place_on_mesh(model, variables, inputs, mesh, rules)
+        with jax.set_mesh(mesh):
+            codes = _program(model, pad_value=int(pad_value), variables=variables, rules=rules, **inputs)
+        codes = codes[:b, :n]
+        inputs["valid"] = inputs["valid"][:b]
     if model.codec is None or decode_audio is False:
         return codes
     audio = np.asarray(_decode_audio(model, variables, codes))
@@ -299,6 +320,11 @@ def generate(model, variables, num_frames: int | None = None, *, pad_value: int 
     if output_dir is not None:
         waveforms = write_waveforms(waveforms, output_dir, model.codec.sample_rate, prefix=file_prefix)
     return (waveforms, codes) if return_codes else waveforms
+
+
+def sharding_rules(rules) -> tuple:
+    from soundstorm_jax.training.sharding import rules_from_config
+    return rules_from_config(rules)
 
 
 def _example_keys(key, b: int) -> jax.Array:
