@@ -1,4 +1,5 @@
-"""The seed README's model: dim 512, depth 2, 12 levels x 1024 codes, 50 Hz.
+"""The seed README's model: dim 512, depth 2; its codebook size, levels and rates are the codes dataset's (12
+levels x 1024 codes at 50 Hz with configs/codec_paper.py's codec; unset here, see configs/common.py).
 
     python train.py --config configs/base.py --workdir runs/base --config.data.dir=/path/to/codes
 

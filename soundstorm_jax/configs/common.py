@@ -29,10 +29,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.total_steps = 10_000
 
+    # Unset (None) fields marked "data" are the codes dataset's: the run fills them from its metadata when it starts
+    # and keeps them in WORKDIR/config.json; a value set here or on the command line must agree with the dataset
+    # (soundstorm_jax/training/soundstorm_task.py, resolve_from_codes). num_semantic_token_ids=0: no semantic
+    # conditioning even when the dataset has semantic tokens.
+    placeholder = ml_collections.config_dict.placeholder
     c.model = ml_collections.ConfigDict(dict(
-        codebook_size=1024, num_quantizers=12, grouped_quantizers=1,
-        num_semantic_token_ids=ml_collections.config_dict.placeholder(int),
-        semantic_pad_id=-1, acoustic_per_semantic=2.0,
+        codebook_size=placeholder(int), num_quantizers=placeholder(int),  # data: codebook size, levels / groups
+        grouped_quantizers=1,
+        num_semantic_token_ids=placeholder(int),  # data: semantic vocabulary (else 0, none)
+        semantic_pad_id=-1,
+        acoustic_per_semantic=placeholder(float),  # data: frame_rate / semantic_rate
         dtype="bfloat16", param_dtype="float32",  # bf16 compute, fp32 master weights
         conformer=ml_collections.ConfigDict(dict(dim=512, depth=2))))
 
@@ -45,8 +52,9 @@ def base_config() -> ml_collections.ConfigDict:
         dir=ml_collections.config_dict.placeholder(str),  # prepared CodesDataset's data_dir (required)
         train_split="train", eval_split="validation",
         batch_size=8, eval_batch_size=ml_collections.config_dict.placeholder(int),
-        max_frames=512, frame_rate=50.0,
-        semantic_rate=ml_collections.config_dict.placeholder(float),
+        max_frames=512,
+        frame_rate=placeholder(float),  # data: codec frames per second (50 when the dataset records none)
+        semantic_rate=placeholder(float),  # data: semantic tokens per second, with semantic conditioning
         code_pad_value=0, num_threads=2, prefetch_buffer_size=4))
 
     c.optimizer = ml_collections.ConfigDict(dict(

@@ -5,8 +5,11 @@
 
 CODES_DATASET: the embedded corpus encoded with configs/demo_codec.py's codec
 (`soundstorm prepare --corpus tiny --codec runs/demo_codec --out data/demo`).
-Phoneme ids come at 50 per second, the codec's frame rate, so one semantic
-token conditions one frame (acoustic_per_semantic=1).
+The codebook size, levels and rates are the dataset's (256 x 6 at 50 frames/s
+from that codec); the phoneme vocabulary is set here, so codes without the
+corpus's phoneme ids are refused. Phoneme ids come at 50 per second, the
+codec's frame rate, so one semantic token conditions one frame
+(acoustic_per_semantic=1, derived from the two rates).
 """
 import ml_collections
 
@@ -18,10 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = common.base_config()
     config.total_steps = 600  # `soundstorm demo` sets this from --minutes
 
-    config.model.codebook_size = 256
-    config.model.num_quantizers = 6
     config.model.num_semantic_token_ids = phonemes.VOCAB_SIZE
-    config.model.acoustic_per_semantic = 1.0
     config.model.dtype = "float32"  # bf16 brings nothing on a CPU
     config.model.conformer = ml_collections.ConfigDict(dict(
         dim=128, depth=3, heads=4, dim_head=32, ff_mult=4, conv_kernel_size=15,
@@ -31,8 +31,6 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data.batch_size = 16
     config.data.max_frames = 256  # 5.1 s crops; utterances average ~3.5 s
-    config.data.frame_rate = 50.0
-    config.data.semantic_rate = 50.0
     config.data.num_threads = 1
     config.data.prefetch_buffer_size = 2
 

@@ -2,6 +2,9 @@
 
     python train.py --config configs/tiny.py --workdir /path/to/run --config.data.dir=/path/to/codes
 
+The codebook size, levels, frame rate and semantic tokens are the codes dataset's (unset here, see
+configs/common.py): e.g. 64 x 4 at 2,000 frames/s on codes from configs/codec_tiny.py's codec.
+
 Sharding strategy (any mix is a change of mesh.shape; see configs/base.py for the rules):
     data parallel (default)      --config.mesh.shape.data=-1
     FSDP over 8 devices          --config.mesh.shape.data=1 --config.mesh.shape.fsdp=-1
@@ -17,8 +20,6 @@ def get_config() -> ml_collections.ConfigDict:
     config = common.base_config()
     config.total_steps = 40
 
-    config.model.codebook_size = 16
-    config.model.num_quantizers = 3
     config.model.dtype = "float32"  # bf16 brings nothing on a CPU
     config.model.conformer = ml_collections.ConfigDict(dict(
         dim=32, depth=2, heads=2, dim_head=8, ff_mult=2, conv_kernel_size=5,

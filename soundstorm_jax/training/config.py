@@ -36,6 +36,10 @@ from soundstorm_jax import paths
 
 KINDS = ("soundstorm", "codec")
 CONFIG_FILE = "config.json"
+# SoundStorm's model fields its codes dataset decides when a config leaves them unset (soundstorm_task.py fills them
+# when a run starts; the run's config.json keeps them, so a resumed run takes them from there).
+DATA_MODEL_FIELDS = ("codebook_size", "num_quantizers", "num_semantic_token_ids", "acoustic_per_semantic")
+_TAKEN_FROM_WORKDIR = "_soundstorm_taken_from_workdir"  # {path: workdir}, kept on the ConfigDict object only
 # Compute-only model fields: changing them keeps a checkpoint's parameters valid.
 RUNTIME_FIELDS = ("dtype", "conformer.remat_policy", "conformer.attention_impl", "conformer.scan_layers",
                   "generator.dtype", "discriminator.dtype")
@@ -286,8 +290,14 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def model_signature(model_config: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameter-defining model fields, flattened ('conformer.dim': 512, ...)."""
+    """The parameter-defining model fields, flattened ('conformer.dim': 512, ...).
+
+    `num_semantic_token_ids` 0 (no semantic conditioning, as a run with no semantic tokens records it) reads as
+    None, which means the same to the network.
+    """
     flat = _flatten(to_dict(model_config))
+    if flat.get("num_semantic_token_ids") == 0:
+        flat["num_semantic_token_ids"] = None
     return {k: v for k, v in flat.items() if k not in RUNTIME_FIELDS}
 
 
@@ -337,7 +347,11 @@ def read_saved_config(workdir: str) -> Optional[ml_collections.ConfigDict]:
 
 
 def check_saved_config(workdir: str, config: Any) -> None:
-    """ConfigError if `workdir/config.json` describes another kind or model than `config`."""
+    """ConfigError if `workdir/config.json` describes another kind or model than `config`.
+
+    The SoundStorm model fields `config` leaves unset for the codes dataset to decide (`DATA_MODEL_FIELDS`) are
+    taken from config.json, in place: a resumed run keeps its model (`taken_from_workdir` names them).
+    """
     saved = read_saved_config(workdir)
     if saved is None:
         return
@@ -345,9 +359,24 @@ def check_saved_config(workdir: str, config: Any) -> None:
     if kinds[0] != kinds[1]:
         raise ConfigError(f"{workdir} holds a {kinds[0]!r} run but config.kind is {kinds[1]!r}; "
                           f"use another --workdir")
+    if kinds[0] == "soundstorm":
+        taken = {}
+        for key in DATA_MODEL_FIELDS:
+            value = (saved.get("model") or {}).get(key)
+            if config.model.get(key) is None and value is not None:
+                with config.model.unlocked():
+                    config.model[key] = value
+                taken[f"model.{key}"] = workdir
+        if taken:
+            object.__setattr__(config, _TAKEN_FROM_WORKDIR, {**taken_from_workdir(config), **taken})
     check_model_matches(model_signature(saved.get("model", {})), model_signature(config.model), where=workdir)
 
 
-__all__ = ["CONFIG_FILE", "ConfigError", "KINDS", "apply_overrides", "check_config", "check_model_matches",
-           "check_saved_config", "compiler_options", "kind_of", "load_config", "model_signature",
-           "packaged_configs", "read_saved_config", "read_section", "save_config", "to_dict"]
+def taken_from_workdir(config: Any) -> dict[str, str]:
+    """{'model.codebook_size': workdir, ...}: the fields `check_saved_config` filled from a workdir's config.json."""
+    return dict(getattr(config, _TAKEN_FROM_WORKDIR, None) or {})
+
+
+__all__ = ["CONFIG_FILE", "ConfigError", "DATA_MODEL_FIELDS", "KINDS", "apply_overrides", "check_config",
+           "check_model_matches", "check_saved_config", "compiler_options", "kind_of", "load_config", "model_signature",
+           "packaged_configs", "read_saved_config", "read_section", "save_config", "taken_from_workdir", "to_dict"]

@@ -56,6 +56,9 @@ def restore_run(workdir: str, *, step: Optional[int] = None, kind: Optional[str]
     config.data.batch_size = config.data.eval_batch_size = ways * jax.process_count()
     if "grad_accum_steps" in config.optimizer:
         config.optimizer.grad_accum_steps = 1
+    if found == "soundstorm":  # Never the codes dataset: config.json holds what it decided (older runs: defaults).
+        from soundstorm_jax.training.soundstorm_task import fill_without_data
+        fill_without_data(config)
     task = trainer.build_task(config, mesh)
     ckpt = checkpoint_lib.Checkpointer(workdir, config.model, every_steps=1, keep=1, async_save=False)
     try:

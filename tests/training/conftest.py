@@ -9,6 +9,8 @@ def tiny_config(**overrides):
     """configs/tiny.py, shrunk further: depth 1, 16 frames, K 16, Q 3."""
     from soundstorm_jax.configs import tiny
     config = tiny.get_config()
+    # configs/tiny.py leaves these to the codes dataset; many tests here build models without one.
+    config.model.codebook_size, config.model.num_quantizers = 16, 3
     config.model.conformer.depth = 1
     config.data.max_frames = 16
     config.optimizer.clip_norm = 1e9  # No clipping: Adam's first moment is then 0.1 * grad.
