@@ -167,7 +167,8 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
 
 
 def test_dataset_levels_must_match_the_model(codes_dir):
-    with pytest.raises(ValueError, match="has 3 levels but the model expects 4"):
+    with pytest.raises(ValueError, match="num_quantizers is 4 but the codes dataset .* has 3 levels; "
+                                         "set --config.model.num_quantizers=3"):
         open_codes(codes_dir, **{"model.num_quantizers": 4})
 
 
