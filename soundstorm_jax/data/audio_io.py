@@ -1,7 +1,7 @@
 """Reading and writing audio files: the one reader behind the datasets and the command line.
 
 Every audio file the package reads goes through `read_audio`: decode with
-`soundfile` (WAV, FLAC, OGG/Vorbis, ...), mix down to mono, check the samples
+`soundfile` (WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF, ...), mix down to mono, check the samples
 are finite, resample to the caller's rate when asked, and return float32 in
 [-1, 1] or int16 (what the datasets store). Every failure raises `AudioError`
 naming the file, so a bad file in a folder of thousands is found at once.
@@ -19,7 +19,9 @@ from etils import epath
 
 from soundstorm_jax import paths
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".caf", ".w64", ".au")
+"""The file name endings (lower case) a folder of audio is searched for (`soundstorm prepare`, `find_audio_files`):
+the formats `soundfile` reads, as `encode` and `--prompt-audio` do (MP3 needs libsndfile >= 1.1)."""
 INT16_SCALE = 32767.0
 
 
@@ -30,13 +32,14 @@ class AudioError(ValueError):
 class SampleRateError(AudioError):
     """A file at another rate than the one needed, with resampling not allowed.
 
-    ``rate`` is the file's rate and ``target_rate`` the one asked for, so a caller
-    can say how to fix it in its own terms (the command line names its flag).
+    ``rate`` is the file's rate, ``target_rate`` the one asked for and ``path`` the
+    file, so a caller can say how to fix it in its own terms (the command line names
+    its flag).
     """
 
-    def __init__(self, message: str, rate: int, target_rate: int):
+    def __init__(self, message: str, rate: int, target_rate: int, path: Optional[str] = None):
         super().__init__(message)
-        self.rate, self.target_rate = rate, target_rate
+        self.rate, self.target_rate, self.path = rate, target_rate, path
 
 
 def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
@@ -155,7 +158,7 @@ def read_audio(
             raise SampleRateError(
                 f"audio file {path!r} has sample rate {rate} Hz but {target_sample_rate} Hz is "
                 f"needed; pass allow_resample=True to resample it, or convert the file",
-                rate, target_sample_rate)
+                rate, target_sample_rate, path)
         if on_resample is not None:
             on_resample(rate)
         audio = resample(audio, rate, target_sample_rate)
