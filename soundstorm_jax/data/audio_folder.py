@@ -32,10 +32,23 @@ Record (one per audio file):
   speaker:      bytes, from the JSON sidecar, else the id's first folder
                 (below train/ or validation/), else b""
   semantic_ids: int32 (tokens,), empty when there are none
+
+Provenance: the dataset's metadata records what it was made from under
+"provenance" (`AudioFolder.provenance`): the folder, every audio and sidecar
+file in it (relative path -> [size in bytes, modification time in seconds]),
+or for the embedded corpus its name, seed and rates instead, the sample rate
+asked for, whether resampling was allowed, the split settings and the
+caller's metadata; beside it "sample_rate" (the rate every record has),
+"resampled_files" / "resampled_from" (how many files were resampled, from
+which rates) and "skipped_files" (relative paths left out as unreadable).
+`prepare_dataset` reuses a prepared dataset only when all of that matches
+what is asked for now, and otherwise raises `StaleDatasetError` naming what
+changed (or, with `overwrite=True`, removes and rebuilds it).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -53,6 +66,136 @@ log = logging.getLogger(__name__)
 
 TRAIN, VALIDATION = "train", "validation"
 _TEXT_SUFFIXES = (".txt", ".normalized.txt", ".original.txt")
+_SIDECAR_SUFFIXES = _TEXT_SUFFIXES + (".json", ".semantic.npy")
+PROVENANCE = "provenance"
+"""The metadata key under which a prepared dataset records what it was made from."""
+
+
+class StaleDatasetError(ValueError):
+    """A prepared dataset that was made from other files or settings than the ones asked for now.
+
+    ``dataset_dir`` is the folder asked for (the `data_dir`), ``changes`` what differs (one clause each) and
+    ``keys`` which recorded facts differ ("files", "sample_rate", "codec", ...), so a caller can say how to rebuild
+    in its own terms (the command line names --overwrite).
+    """
+
+    def __init__(self, dataset_dir: str, changes: list[tuple[str, str]]):
+        self.dataset_dir = os.fspath(dataset_dir)
+        self.keys = [key for key, _ in changes]
+        self.changes = [text for _, text in changes]
+        super().__init__(f"the dataset prepared in {self.dataset_dir!r} does not match what was asked for: "
+                         f"{'; '.join(self.changes)}; pass overwrite=True to remove and rebuild it, or use "
+                         f"another data_dir")
+
+
+def absolute_path(path: str) -> str:
+    return os.fspath(path) if paths.is_remote(path) else os.path.abspath(path)
+
+
+def jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def digest(value: Any) -> str:
+    """sha256 of `value`'s canonical JSON: a short stand-in for a long record (e.g. a dataset's provenance)."""
+    return hashlib.sha256(json.dumps(jsonable(value), sort_keys=True).encode()).hexdigest()
+
+
+def _size_and_mtime(path: epath.Path) -> list:
+    """[size in bytes, modification time in seconds since the epoch] (microseconds locally)."""
+    if paths.is_remote(path):
+        st = path.stat()
+        return [int(st.length), float(st.mtime)]
+    st = os.stat(path)
+    return [int(st.st_size), round(st.st_mtime_ns / 1e9, 6)]
+
+
+def source_files(root: str, select: Callable[[list[str]], Iterable[str]]) -> dict[str, list]:
+    """{relative path: [size, modification time]} of the files under `root` that `select(names of one folder)`
+    returns, sorted by path: what a prepared dataset records of the folder it was made from."""
+    base = epath.Path(root)
+    listing = {}
+    for directory, _, names in paths.walk(root):
+        for name in select(names):
+            path = directory / name
+            listing[os.fspath(path.relative_to(base)).replace(os.sep, "/")] = _size_and_mtime(path)
+    return dict(sorted(listing.items()))
+
+
+def _audio_sources(names: list[str]) -> list[str]:
+    """The names in one folder that a dataset is made from: audio files, their sidecars and transcripts."""
+    audio = [n for n in names if n.lower().endswith(audio_io.AUDIO_EXTENSIONS)]
+    if not audio:
+        return []
+    sidecars = {_stem(n) + suffix for n in audio for suffix in _SIDECAR_SUFFIXES}
+    return sorted(n for n in names if n in audio or n in sidecars or n.endswith(".trans.txt"))
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
+def file_changes(stored: Mapping[str, Any], wanted: Mapping[str, Any], root: str) -> list[tuple[str, str]]:
+    """What differs between two `source_files` listings of `root`, as ("files", clause) pairs."""
+    removed = sorted(set(stored) - set(wanted))
+    added = sorted(set(wanted) - set(stored))
+    changed = sorted(k for k in set(stored) & set(wanted) if list(stored[k]) != list(wanted[k]))
+    clauses = []
+    for names, what in ((removed, "removed from"), (added, "added to"),
+                        (changed, "changed (size or modification time) in")):
+        if names:
+            example = f"({names[0]!r})" if len(names) == 1 else f"(e.g. {names[0]!r})"
+            clauses.append(("files", f"{_count(len(names), 'source file')} {'was' if len(names) == 1 else 'were'} "
+                                     f"{what} {root} since it was made {example}"))
+    return clauses
+
+
+def _value(value: Any) -> str:
+    text = "none" if value is None else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def mapping_changes(key: str, what: str, stored: Optional[Mapping], wanted: Optional[Mapping]) -> list[tuple[str, str]]:
+    """One (key, clause) naming the entries of two flat records that differ, e.g. "its split was seed 0, now 1"."""
+    stored, wanted = dict(stored or {}), dict(wanted or {})
+    names = [n for n in dict.fromkeys([*stored, *wanted]) if stored.get(n) != wanted.get(n)]
+    if not names:
+        return []
+    was = ", ".join(f"{n} {_value(stored.get(n))}" for n in names)
+    now = ", ".join(f"{n} {_value(wanted.get(n))}" for n in names)
+    return [(key, f"{what} {was}, now {now}")]
+
+
+def split_changes(stored: Any, wanted: Any) -> list[tuple[str, str]]:
+    """A ("split", clause) when two `split_settings` differ."""
+    def words(split):
+        if split == "folders":
+            return "by its train/validation folders"
+        split = dict(split or {})
+        return f"with validation fraction {split.get('validation_fraction')} and seed {split.get('seed')}"
+
+    if stored == wanted:
+        return []
+    if isinstance(stored, Mapping) and isinstance(wanted, Mapping):
+        names = {"validation_fraction": "validation fraction", "seed": "seed"}
+        return mapping_changes("split", "its split was", {names[k]: stored.get(k) for k in names},
+                               {names[k]: wanted.get(k) for k in names})
+    return [("split", f"it was split {words(stored)}, now {words(wanted)}")]
+
+
+def has_split_folders(root: str) -> bool:
+    return all((epath.Path(root) / s).is_dir() for s in (TRAIN, VALIDATION))
+
+
+def split_settings(root: str, validation_fraction: float, seed: int) -> Any:
+    """What decides a folder's split: "folders" when it has train/ and validation/, else the fraction and seed."""
+    if has_split_folders(root):
+        return "folders"
+    return {"validation_fraction": float(validation_fraction), "seed": int(seed)}
+
+
+NO_PROVENANCE = ("provenance", "it records nothing of what it was made from (it was prepared by an older "
+                                "version of soundstorm_jax)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +278,7 @@ def split_files(files: list, root: str, *, validation_fraction: float,
     Args:
       files: items with an `id` attribute ("train/..." ids when split folders exist).
     """
-    if all((epath.Path(root) / s).is_dir() for s in (TRAIN, VALIDATION)):
+    if has_split_folders(root):
         return {s: [f for f in files if f.id.startswith(s + "/")] for s in (TRAIN, VALIDATION)}
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
@@ -173,8 +316,8 @@ def audio_features() -> tfds.features.FeaturesDict:
 class AudioFolder(tfds.core.GeneratorBasedBuilder):
     """A folder of audio files as a TFDS dataset (see the module docstring).
 
-    Prepared data lands in `<data_dir>/audio_folder/1.0.0/`; once there it is
-    reused: pass a fresh `data_dir` after changing the folder.
+    Prepared data lands in `<data_dir>/audio_folder/1.0.0/`; `prepare_audio_folder` reuses it only while it
+    was made from the same files and settings (`changes()` says what differs).
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -183,7 +326,8 @@ class AudioFolder(tfds.core.GeneratorBasedBuilder):
                  sample_rate: Optional[int] = None, allow_resample: bool = True,
                  validation_fraction: float = 0.05, split_seed: int = 0,
                  on_bad_file: str = "raise",
-                 metadata: Optional[Mapping[str, Any]] = None, **kwargs):
+                 metadata: Optional[Mapping[str, Any]] = None,
+                 source_identity: Optional[Mapping[str, Any]] = None, **kwargs):
         """Args:
           audio_dir: the folder to prepare (not needed to read a prepared one).
           sample_rate: the dataset's rate in Hz; None takes the first file's rate
@@ -195,19 +339,28 @@ class AudioFolder(tfds.core.GeneratorBasedBuilder):
           on_bad_file: "raise" (default) an `AudioError` naming the file, or
             "skip" it with a warning and count it.
           metadata: JSON-able facts stored with the dataset (e.g. semantic rate).
+          source_identity: JSON-able facts that identify the folder's contents
+            (the embedded corpus: its name, seed and rates), recorded instead of
+            its files' sizes and modification times.
           **kwargs: for `tfds.core.GeneratorBasedBuilder` (`data_dir`, ...);
             `file_format` defaults to "array_record".
         """
         if on_bad_file not in ("raise", "skip"):
             raise ValueError(f"on_bad_file must be 'raise' or 'skip', got {on_bad_file!r}")
         self._audio_dir = audio_dir
+        self._requested_sample_rate = sample_rate
         self._sample_rate = sample_rate
+        self._requested_resample = bool(allow_resample)
         self._allow_resample = allow_resample
         self._validation_fraction = validation_fraction
         self._split_seed = split_seed
         self._on_bad_file = on_bad_file
         self._metadata = dict(metadata or {})
+        self._metadata.pop(PROVENANCE, None)  # The builder's own record, not the caller's.
+        self._source_identity = None if source_identity is None else jsonable(dict(source_identity))
+        self._provenance = None
         self.skipped_files: list[str] = []
+        self.resampled_from: dict[int, int] = {}  # file rate -> files resampled from it, in this build
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
 
@@ -220,34 +373,105 @@ class AudioFolder(tfds.core.GeneratorBasedBuilder):
             metadata=tfds.core.MetadataDict(self._metadata),
         )
 
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "Dataset ... downloaded and prepared
+    # to ..." on stdout: there is nothing to download from a local folder, and the caller says where it went.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
+    def provenance(self) -> dict:
+        """What a dataset prepared now records it was made from (see the module docstring); JSON-able."""
+        if self._provenance is None:
+            if self._audio_dir is None:
+                raise ValueError("AudioFolder needs audio_dir=... to say what it is made from")
+            files = None if self._source_identity is not None else source_files(self._audio_dir, _audio_sources)
+            self._provenance = {
+                "source": absolute_path(self._audio_dir), "files": files, "identity": self._source_identity,
+                "sample_rate": self._requested_sample_rate, "resample": self._requested_resample,
+                "split": split_settings(self._audio_dir, self._validation_fraction, self._split_seed),
+                "settings": jsonable(self._metadata)}
+        return self._provenance
+
+    def changes(self) -> list[tuple[str, str]]:
+        """What differs between the prepared dataset's record and `provenance()`: (key, clause) pairs, empty
+        when it may be reused."""
+        meta = dict(self.info.metadata or {})
+        stored, wanted = meta.get(PROVENANCE), self.provenance()
+        if not stored:
+            return [NO_PROVENANCE]
+        found = []
+        if stored.get("identity") or wanted["identity"]:
+            found += mapping_changes("source", "it was made from", stored.get("identity"), wanted["identity"])
+        if stored.get("files") is not None and wanted["files"] is not None:
+            found += file_changes(stored["files"], wanted["files"], wanted["source"])
+        elif (stored.get("files") is None) != (wanted["files"] is None):
+            found.append(("source", f"it was made from {stored.get('identity') or stored.get('source')}, "
+                                    f"not from {wanted['identity'] or wanted['source']}"))
+        rate = meta.get("sample_rate")
+        if wanted["sample_rate"] is not None and rate != wanted["sample_rate"]:
+            found.append(("sample_rate", f"its audio is at {rate} Hz, not the {wanted['sample_rate']} Hz asked for"))
+        if not wanted["resample"] and meta.get("resampled_files"):
+            found.append(("resample", f"{_count(meta['resampled_files'], 'file')} in it were resampled to {rate} Hz, "
+                                      f"and resampling is now refused"))
+        found += split_changes(stored.get("split"), wanted["split"])
+        if not found:  # The caller's metadata: only when nothing above explains the difference.
+            found += mapping_changes("settings", "its recorded settings were", stored.get("settings"),
+                                     wanted["settings"])
+        return found
+
+    def reused(self) -> None:
+        """Called when a prepared dataset is reused: what its build left out, as full paths again."""
+        skipped = (self.info.metadata or {}).get("skipped_files") or []
+        self.skipped_files = [os.fspath(epath.Path(self._audio_dir) / r) if self._audio_dir else r for r in skipped]
+
     def _split_generators(self, dl_manager):
         del dl_manager  # Local files only.
         if self._audio_dir is None:
             raise ValueError("AudioFolder needs audio_dir=... to prepare a dataset")
         files = find_audio_files(self._audio_dir)
         if self._sample_rate is None:
-            # The first file fixes the rate (an unreadable one raises, naming it);
-            # any other rate is refused.
-            self._sample_rate = audio_io.read_audio(files[0].path)[1]
+            # The first readable file fixes the rate; any other rate is refused. An unreadable one raises, naming
+            # it, unless bad files are skipped (it is then skipped with the others, below).
+            for f in files:
+                try:
+                    self._sample_rate = audio_io.read_audio(f.path)[1]
+                    break
+                except audio_io.AudioError:
+                    if self._on_bad_file == "raise" or f is files[-1]:
+                        raise
             self._allow_resample = False
-        self.info.metadata["sample_rate"] = self._sample_rate
+        meta = self.info.metadata
+        meta["sample_rate"] = self._sample_rate
+        meta[PROVENANCE] = self.provenance()
+        # Filled in while the examples are generated, before TFDS writes the metadata.
+        meta["skipped_files"], meta["resampled_files"], meta["resampled_from"] = [], 0, []
         splits = split_files(files, self._audio_dir,
                              validation_fraction=self._validation_fraction,
                              seed=self._split_seed)
         # TFDS refuses empty splits; a one-file folder has no validation split.
         return {name: self._generate_examples(split) for name, split in splits.items() if split}
 
+    def _resampled(self, rate: int) -> None:
+        self.resampled_from[rate] = self.resampled_from.get(rate, 0) + 1
+        meta = self.info.metadata
+        meta["resampled_files"] = sum(self.resampled_from.values())
+        meta["resampled_from"] = sorted(self.resampled_from)
+
     def _generate_examples(self, files: list[AudioFile]) -> Iterator[tuple[str, dict]]:
         for f in files:
             try:
                 audio, rate = audio_io.read_audio(f.path, self._sample_rate, dtype=np.int16,
-                                                  allow_resample=self._allow_resample)
+                                                  allow_resample=self._allow_resample, on_resample=self._resampled)
                 semantic = (load_semantic_ids(f.semantic_path) if f.semantic_path
                             else np.zeros((0,), np.int32))
             except (audio_io.AudioError, ValueError) as e:
                 if self._on_bad_file == "raise":
                     raise
                 self.skipped_files.append(f.path)
+                self.info.metadata["skipped_files"].append(
+                    os.fspath(epath.Path(f.path).relative_to(epath.Path(self._audio_dir))).replace(os.sep, "/"))
                 logging.warning("skipping %s (%d skipped so far): %s", f.path,
                                 len(self.skipped_files), e)
                 continue
@@ -255,27 +479,64 @@ class AudioFolder(tfds.core.GeneratorBasedBuilder):
                          "text": f.text, "speaker": f.speaker, "semantic_ids": semantic}
 
 
-def prepare_audio_folder(audio_dir: str, data_dir: str, **kwargs) -> AudioFolder:
+def prepare_audio_folder(audio_dir: str, data_dir: str, *, overwrite: bool = False, **kwargs) -> AudioFolder:
     """Builds (or reuses) the ArrayRecord dataset for `audio_dir` in `data_dir`.
 
-    Returns the builder; read a split with `builder.as_data_source("train")`.
+    A dataset already prepared there is reused only when it was made from the same files and settings (see the
+    module docstring); otherwise `StaleDatasetError` names what changed, or with `overwrite=True` it is removed
+    and rebuilt. Returns the builder; read a split with `builder.as_data_source("train")`.
     `kwargs` go to `AudioFolder`.
     """
-    return prepare_dataset(lambda folder: AudioFolder(audio_dir=audio_dir, data_dir=folder, **kwargs), data_dir)
+    return prepare_dataset(lambda folder: AudioFolder(audio_dir=audio_dir, data_dir=folder, **kwargs), data_dir,
+                           overwrite=overwrite)
+
+
+def is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    """`builder.is_prepared()`, without TFDS's warning about the empty version folder it creates itself."""
+    return (epath.Path(builder.data_dir) / "dataset_info.json").exists() and builder.is_prepared()
+
+
+def check_prepared(builder: tfds.core.DatasetBuilder, data_dir: str, *, overwrite: bool = False) -> bool:
+    """Whether `builder`'s dataset is prepared and may be reused (it was made from what `builder` would make it
+    from: its `changes()` are none).
+
+    A prepared dataset that differs raises `StaleDatasetError` naming the changes, or with `overwrite` is left to
+    be rebuilt (False is returned; the caller removes it).
+    """
+    if not is_prepared(builder):
+        return False
+    changes = builder.changes() if hasattr(builder, "changes") else []
+    if not changes:
+        return True
+    if not overwrite:
+        raise StaleDatasetError(data_dir, changes)
+    log.info("rebuilding %s: %s", data_dir, "; ".join(text for _, text in changes))
+    return False
 
 
 def prepare_dataset(make_builder: Callable[[str], tfds.core.DatasetBuilder],
-                    data_dir: str) -> tfds.core.DatasetBuilder:
-    """`make_builder(data_dir)`, prepared (or reused when `data_dir` already holds its version).
+                    data_dir: str, *, overwrite: bool = False) -> tfds.core.DatasetBuilder:
+    """`make_builder(data_dir)`, prepared, or reused when `data_dir` already holds its version made from the same
+    sources and settings (for builders with `changes()`: `AudioFolder`, `CodesDataset`).
+
+    A prepared dataset that differs raises `StaleDatasetError` naming what changed; with `overwrite` its version
+    folder is removed and rebuilt. The builder returned has `prepared_now` (False when reused).
 
     TFDS writes ArrayRecord shards through local files only, so a remote `data_dir` (gs://...) is built in a
     local temporary folder and its version folder uploaded; the builder returned reads it from `data_dir`.
     """
     builder = make_builder(data_dir)
+    if check_prepared(builder, data_dir, overwrite=overwrite):
+        if hasattr(builder, "reused"):
+            builder.reused()
+        builder.prepared_now = False
+        return builder
+    if is_prepared(builder):  # Out of date, and overwrite asked for.
+        epath.Path(builder.data_dir).rmtree()
+        builder = make_builder(data_dir)
     if not paths.is_remote(data_dir):
         builder.download_and_prepare()
-        return builder
-    if builder.is_prepared():
+        builder.prepared_now = True
         return builder
     with tempfile.TemporaryDirectory(prefix="soundstorm-prepare-") as local_dir:
         local = make_builder(local_dir)
@@ -283,8 +544,10 @@ def prepare_dataset(make_builder: Callable[[str], tfds.core.DatasetBuilder],
         log.info("uploading %s to %s", local.data_dir, builder.data_dir)
         paths.upload_tree(local.data_dir, builder.data_dir)
     remote = make_builder(data_dir)  # Reads the uploaded dataset_info.json.
-    if hasattr(local, "skipped_files"):  # What the build left out (AudioFolder).
-        remote.skipped_files = local.skipped_files
+    for name in ("skipped_files", "resampled_from"):  # What the build left out or resampled (AudioFolder).
+        if hasattr(local, name):
+            setattr(remote, name, getattr(local, name))
+    remote.prepared_now = True
     return remote
 
 

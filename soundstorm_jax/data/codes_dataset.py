@@ -21,6 +21,19 @@ Record:
 Codes are validated before they are written (`validate_codes`): rank 2, an
 integer dtype, the dataset's number of levels, at least one frame, and every
 id in [0, codebook_size). Failures raise `CodesError` naming the file or id.
+
+Provenance: the metadata's "provenance" (`CodesDataset.provenance`) records
+what the codes were made from: the `.npy` folder's files (relative path ->
+[size, modification time]) and split settings, or the audio dataset (its
+folder, sample rate and a sha256 of its own provenance) and the codec's
+identity as the caller gives it (`codec=`; the command line records a trained
+codec's workdir, checkpoint step and a sha256 of its weights, or an EnCodec
+file's path and the same weights hash, plus levels, codebook size, sample
+rate, frame rate and hop), and the codebook size, levels and hop.
+`prepare_codes_dataset` reuses a prepared dataset only when all of that
+matches, like `audio_folder.prepare_dataset`. Audio at another sample rate
+than the codec's (the `sample_rate` in `codec` or `metadata`) is refused, never
+encoded and labelled with the codec's rate.
 """
 from __future__ import annotations
 
@@ -105,6 +118,11 @@ def find_code_files(root: str) -> list[CodesFile]:
     return sorted(found, key=lambda f: f.id)
 
 
+def _npy_sources(names: list[str]) -> list[str]:
+    """The names in one folder that a codes dataset is made from: `.npy` codes and `.semantic.npy` sidecars."""
+    return sorted(n for n in names if n.endswith(".npy"))
+
+
 def _pad_batch(audios: list[np.ndarray], batch_size: int, multiple: int) -> np.ndarray:
     """int16 waveforms -> float32 (batch_size, L) zero-padded, L a multiple of `multiple`."""
     length = multiple * math.ceil(max(len(a) for a in audios) / multiple)
@@ -114,10 +132,40 @@ def _pad_batch(audios: list[np.ndarray], batch_size: int, multiple: int) -> np.n
     return batch
 
 
+def describe_codec(codec: Optional[Mapping[str, Any]]) -> str:
+    """A codec identity (see the module docstring) in words: "a codec of 4 levels x 64 codes at 16000 Hz from
+    /runs/codec step 200"."""
+    if not codec:
+        return "an unnamed encoder"
+    shape = ""
+    if codec.get("num_levels") is not None:
+        shape = f" of {codec['num_levels']} levels x {codec.get('codebook_size')} codes"
+    if codec.get("sample_rate") is not None:
+        shape += f" at {codec['sample_rate']} Hz"
+    if codec.get("workdir"):
+        step = "" if codec.get("step") is None else f" step {codec['step']}"
+        return f"a codec{shape} from {codec['workdir']}{step}"
+    if codec.get("encodec"):
+        return f"EnCodec{shape} from {codec['encodec']}"
+    return f"a codec{shape}"
+
+
+def _codec_changes(stored: Optional[Mapping], wanted: Optional[Mapping]) -> list[tuple[str, str]]:
+    if (stored or None) == (wanted or None):
+        return []
+    was, now = describe_codec(stored), describe_codec(wanted)
+    if was != now:
+        return [("codec", f"it was made with {was}; this one is {now}")]
+    if (stored or {}).get("weights_sha256") != (wanted or {}).get("weights_sha256"):
+        return [("codec", f"it was made with {was}, whose weights have changed since (retrained?)")]
+    return audio_folder.mapping_changes("codec", "its codec was", stored, wanted)
+
+
 class CodesDataset(tfds.core.GeneratorBasedBuilder):
     """Codec codes (+ semantic ids) as a TFDS dataset (see the module docstring).
 
-    Prepared data lands in `<data_dir>/codes_dataset/1.0.0/`.
+    Prepared data lands in `<data_dir>/codes_dataset/1.0.0/`; `prepare_codes_dataset` reuses it only while it
+    was made from the same sources, codec and settings (`changes()` says what differs).
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -129,7 +177,8 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
                  samples_per_frame: Optional[int] = None, encode_batch_size: int = 8,
                  pad_to_multiple: Optional[int] = None,
                  validation_fraction: float = 0.05, split_seed: int = 0,
-                 metadata: Optional[Mapping[str, Any]] = None, share: tuple[int, int] = (0, 1), **kwargs):
+                 metadata: Optional[Mapping[str, Any]] = None, share: tuple[int, int] = (0, 1),
+                 codec: Optional[Mapping[str, Any]] = None, **kwargs):
         """Args:
           codebook_size: K, codes per level; ids must lie in [0, K).
           num_levels: Q; inferred from the first `.npy` file when None.
@@ -146,6 +195,9 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
           metadata: JSON-able facts stored with the dataset (frame rate, ...).
           share: (index, count): encode only part `index` of `count` contiguous parts of each split's
             encoding order (one process's share; see `prepare_codes_dataset`).
+          codec: JSON-able identity of the encoder behind `encode_fn` (e.g. workdir, step, weights hash,
+            levels, codebook size, sample rate): recorded, and a prepared dataset made with another is stale.
+            Its `sample_rate` (else `metadata["sample_rate"]`) must be the audio dataset's.
           **kwargs: for `tfds.core.GeneratorBasedBuilder`; `file_format`
             defaults to "array_record".
         """
@@ -157,6 +209,13 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
             raise ValueError("audio_source needs num_levels (the codec's number of levels)")
         if codebook_size < 1:
             raise ValueError(f"codebook_size must be positive, got {codebook_size}")
+        if audio_source is not None:
+            audio_rate = (audio_source.info.metadata or {}).get("sample_rate")
+            codec_rate = (codec or {}).get("sample_rate", (metadata or {}).get("sample_rate"))
+            if audio_rate is not None and codec_rate is not None and int(audio_rate) != int(codec_rate):
+                # Encoding it anyway would label audio at one rate with another (every utterance too long or short).
+                raise ValueError(f"the audio dataset {audio_source.data_dir!r} is at {audio_rate} Hz but the codec "
+                                 f"encodes {codec_rate} Hz audio: prepare the audio dataset at {codec_rate} Hz")
         self._npy_files = None
         if npy_dir is not None:
             self._npy_files = find_code_files(npy_dir)
@@ -181,6 +240,11 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
         self._share = (int(share[0]), int(share[1]))
         self._batches = {}  # split -> this share's batches of record indices
         self._metadata = dict(metadata or {})
+        self._metadata.pop(audio_folder.PROVENANCE, None)  # The builder's own record, not the caller's (nor the
+        # audio dataset's, when its metadata is passed on).
+        self._settings = audio_folder.jsonable(self._metadata)
+        self._codec = None if codec is None else audio_folder.jsonable(dict(codec))
+        self._provenance = None
         self._metadata.update(codebook_size=codebook_size)
         if num_levels is not None:
             self._metadata.update(num_levels=num_levels)
@@ -206,8 +270,70 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
             disable_shuffling=self._audio_source is not None,
         )
 
+    # No "Downloading and preparing dataset Unknown size ..." / "... downloaded and prepared to ..." on stdout.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
+    def provenance(self) -> dict:
+        """What a dataset prepared now records it was made from (see the module docstring); JSON-able."""
+        if self._provenance is None:
+            record = {"codebook_size": self._codebook_size, "num_levels": self._num_levels,
+                      "settings": self._settings}
+            if self._npy_files is not None:
+                record.update(source=audio_folder.absolute_path(self._npy_dir),
+                              files=audio_folder.source_files(self._npy_dir, _npy_sources),
+                              split=audio_folder.split_settings(self._npy_dir, self._validation_fraction,
+                                                                self._split_seed))
+            elif self._audio_source is not None:
+                meta = dict(self._audio_source.info.metadata or {})
+                record.update(audio={"dataset": audio_folder.absolute_path(os.fspath(self._audio_source.data_dir)),
+                                     "sample_rate": meta.get("sample_rate"),
+                                     "provenance_sha256": audio_folder.digest(meta.get(audio_folder.PROVENANCE))},
+                              codec=self._codec, samples_per_frame=self._samples_per_frame)
+            self._provenance = record
+        return self._provenance
+
+    def changes(self) -> list[tuple[str, str]]:
+        """What differs between the prepared dataset's record and `provenance()`: (key, clause) pairs, empty
+        when it may be reused."""
+        stored, wanted = (self.info.metadata or {}).get(audio_folder.PROVENANCE), self.provenance()
+        if not stored:
+            return [audio_folder.NO_PROVENANCE]
+        if ("audio" in stored) != ("audio" in wanted):
+            def source(record):
+                return (f"encoded from the audio dataset {record['audio']['dataset']}" if "audio" in record
+                        else f"read from the .npy files in {record.get('source')}")
+            return [("source", f"it was {source(stored)}, not {source(wanted)}")]
+        found = []
+        if "audio" in wanted:
+            was, now = stored["audio"], wanted["audio"]
+            if was.get("sample_rate") != now["sample_rate"]:
+                found.append(("audio", f"it was encoded from audio at {was.get('sample_rate')} Hz, now "
+                                       f"{now['sample_rate']} Hz"))
+            elif was.get("provenance_sha256") != now["provenance_sha256"]:
+                found.append(("audio", f"the audio dataset it was encoded from ({was.get('dataset')}) has been "
+                                       f"rebuilt from other files or settings since"))
+            found += _codec_changes(stored.get("codec"), wanted["codec"])
+            codec_changed = any(key == "codec" for key, _ in found)
+            shape = {k: wanted[k] for k in ("codebook_size", "num_levels", "samples_per_frame")}
+        else:
+            found += audio_folder.file_changes(stored.get("files") or {}, wanted["files"], wanted["source"])
+            found += audio_folder.split_changes(stored.get("split"), wanted["split"])
+            codec_changed = False
+            shape = {k: wanted[k] for k in ("codebook_size", "num_levels")}
+        if not codec_changed:  # A new codec explains its own shape and rates.
+            found += audio_folder.mapping_changes("shape", "it held", {k: stored.get(k) for k in shape}, shape)
+        if not found:  # The caller's metadata (rates, the audio dataset's facts): only when nothing above explains it.
+            found += audio_folder.mapping_changes("settings", "its recorded settings were", stored.get("settings"),
+                                                  wanted["settings"])
+        return found
+
     def _split_generators(self, dl_manager):
         del dl_manager
+        self.info.metadata[audio_folder.PROVENANCE] = self.provenance()
         if self._npy_files is not None:
             splits = audio_folder.split_files(self._npy_files, self._npy_dir,
                                               validation_fraction=self._validation_fraction,
@@ -282,8 +408,13 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare_codes_dataset(data_dir: str, *, process_index: int = 0, process_count: int = 1,
-                          barrier: Optional[Callable[[str], None]] = None, **kwargs) -> tfds.core.DatasetBuilder:
+                          barrier: Optional[Callable[[str], None]] = None, overwrite: bool = False,
+                          **kwargs) -> tfds.core.DatasetBuilder:
     """Builds (or reuses) a codes dataset in `data_dir`; `kwargs` go to `CodesDataset`.
+
+    A dataset already prepared there is reused only when it was made from the same sources, codec and settings
+    (see the module docstring); otherwise `StaleDatasetError` names what changed, or with `overwrite=True` it is
+    removed and rebuilt.
 
     With `process_count` > 1 (every process of a multi-process job calls this, with an `audio_source` and
     its own `encode_fn` on its local devices), each process encodes one contiguous part of each split's
@@ -294,24 +425,34 @@ def prepare_codes_dataset(data_dir: str, *, process_index: int = 0, process_coun
     Returns the builder; read a split with `builder.as_data_source("train")`.
     """
     if process_count == 1:
-        return audio_folder.prepare_dataset(lambda folder: CodesDataset(data_dir=folder, **kwargs), data_dir)
+        return audio_folder.prepare_dataset(lambda folder: CodesDataset(data_dir=folder, **kwargs), data_dir,
+                                            overwrite=overwrite)
     if kwargs.get("audio_source") is None or barrier is None:
         raise ValueError("a codes dataset is prepared by several processes only from an audio_source, with a "
                          "barrier")
     whole = CodesDataset(data_dir=data_dir, **kwargs)
-    if whole.is_prepared():
+    # Every process decides alike: the dataset there is removed (by process 0) only after the first barrier.
+    if audio_folder.check_prepared(whole, data_dir, overwrite=overwrite):
+        whole.prepared_now = False
         return whole
+    stale = audio_folder.is_prepared(whole)
     parts = epath.Path(data_dir) / "parts"
     part_dirs = [str(parts / f"{i:05d}-of-{process_count:05d}") for i in range(process_count)]
+    if epath.Path(part_dirs[process_index]).exists():  # Left by a job that stopped: never reused.
+        epath.Path(part_dirs[process_index]).rmtree()
     audio_folder.prepare_dataset(
         lambda folder: CodesDataset(data_dir=folder, share=(process_index, process_count), **kwargs),
         part_dirs[process_index])
     barrier("soundstorm: codes parts written")
     if process_index == 0:
+        if stale:
+            epath.Path(whole.data_dir).rmtree()
         merge_parts([str(CodesDataset(data_dir=d, **kwargs).data_dir) for d in part_dirs], str(whole.data_dir))
         parts.rmtree()
     barrier("soundstorm: codes parts merged")
-    return CodesDataset(data_dir=data_dir, **kwargs)
+    merged = CodesDataset(data_dir=data_dir, **kwargs)
+    merged.prepared_now = True
+    return merged
 
 
 def merge_parts(part_dirs: list[str], out_dir: str) -> None:

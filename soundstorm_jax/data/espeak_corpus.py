@@ -219,11 +219,16 @@ def corpus_metadata(size: Union[str, CorpusSize], seed: int, frame_rate: float) 
 def prepare_corpus(size: Union[str, CorpusSize] = "tiny", seed: int = 0, *,
                    sample_rate: int = 16000, frame_rate: float = 50.0,
                    cache_dir: Optional[str] = None, dataset_dir: Optional[str] = None,
-                   progress: bool = True) -> audio_folder.AudioFolder:
+                   progress: bool = True, overwrite: Optional[bool] = None) -> audio_folder.AudioFolder:
     """The corpus as a prepared `AudioFolder` dataset (built on first use).
 
     The WAVs are synthesized into `cache_dir` (a local folder); the dataset goes to `dataset_dir`, local or
     gs:// (default: `<corpus_dir>/tfds` beside the WAVs).
+
+    The dataset records the corpus's name, seed and rates (not its files' modification times: the same settings
+    give the same bytes); one prepared from another corpus, or by an older version, is stale:
+    `StaleDatasetError`, or removed and rebuilt when `overwrite` (default: only the cache's own `<corpus_dir>/tfds`,
+    which nobody else writes).
 
     Returns the builder: `builder.as_data_source("train")` / `("validation")`
     give records with `audio`, `text`, `speaker` and `semantic_ids` (the
@@ -231,6 +236,9 @@ def prepare_corpus(size: Union[str, CorpusSize] = "tiny", seed: int = 0, *,
     """
     audio_root = build_corpus_folder(size, seed, sample_rate=sample_rate, frame_rate=frame_rate,
                                      cache_dir=cache_dir, progress=progress)
+    identity = {"corpus": "espeak", "size": size if isinstance(size, str) else dataclasses.asdict(size),
+                "seed": seed, "sample_rate": sample_rate, "frame_rate": frame_rate}
     return audio_folder.prepare_audio_folder(
         audio_root, dataset_dir or os.path.join(os.path.dirname(audio_root), "tfds"), sample_rate=sample_rate,
-        allow_resample=False, metadata=corpus_metadata(size, seed, frame_rate))
+        allow_resample=False, metadata=corpus_metadata(size, seed, frame_rate), source_identity=identity,
+        overwrite=dataset_dir is None if overwrite is None else overwrite)
