@@ -5,7 +5,11 @@
                 the dataset: the WAVs stay in the local corpus cache)
     OUT/codes   with --codec/--encodec: the codes dataset (train SoundStorm on it: --config.data.dir=OUT/codes)
 
-Building is skipped when a dataset is already prepared there (TFDS reuses it).
+Each dataset records what it was made from (the source files with their sizes and modification times, or the
+corpus's name, seed and rates; the sample rate and resampling; the split settings; for codes the audio dataset and
+the codec: a trained codec's workdir and checkpoint step, or the EnCodec file, a sha256 of its weights, its levels,
+codebook size and rates). A dataset already prepared in OUT is reused only when all of that matches; otherwise the
+command stops naming what changed, and --overwrite removes and rebuilds the out-of-date dataset(s).
 
 Run by every process of a multi-process job (`soundstorm launch --processes N -- prepare ...`), process 0
 builds the audio dataset and each process encodes its share of it with the codec on its own devices and
@@ -15,6 +19,7 @@ and uploaded (TFDS writes ArrayRecord files through local files only).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 from soundstorm_jax import paths
@@ -28,7 +33,8 @@ def add_parser(subparsers, parents):
                     "transcripts are read) or from the embedded eSpeak corpus, and, given a codec, the codes "
                     "dataset SoundStorm trains on. Prints the dataset folders written.")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--audio", metavar="DIR", help="a folder of audio files (WAV, FLAC, OGG, ...), recursive")
+    source.add_argument("--audio", metavar="DIR",
+                        help="a folder of audio files (WAV, FLAC, OGG, Opus, MP3, AIFF, ...), recursive")
     source.add_argument("--corpus", choices=("tiny", "small"),
                         help="the embedded synthesized speech corpus (tiny: a few minutes, small: about an hour)")
     parser.add_argument("--out", metavar="DIR", required=True,
@@ -49,6 +55,9 @@ def add_parser(subparsers, parents):
     add_codec_options(parser, required=False)
     parser.add_argument("--encode-batch-size", type=int, default=8,
                         help="waveforms per codec call while encoding (default 8)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="remove and rebuild a dataset in OUT that was made from other files, settings or "
+                             "another codec (default: stop and name what changed; one that matches is reused)")
     parser.set_defaults(run=run)
     return parser
 
@@ -68,7 +77,7 @@ def run(args, out, extra):
     else:
         process_index, process_count = 0, 1
     make_out_dir(args.out)
-    codec = load_codec_from_args(args)
+    codec, codec_identity = _load_codec(args)
     sample_rate = args.sample_rate
     if codec is not None:
         if sample_rate is not None and sample_rate != codec.sample_rate:
@@ -88,23 +97,34 @@ def run(args, out, extra):
         out.info(f"building the {args.corpus} corpus ...")
         corpus_dir, remote = os.path.join(args.out, "corpus"), paths.is_remote(args.out)
         # With a gs:// OUT the WAVs are synthesized in the local corpus cache and only the dataset goes to OUT.
-        builder = prepare_corpus(args.corpus, args.seed, sample_rate=sample_rate or 16000,
-                                 frame_rate=args.frame_rate, cache_dir=None if remote else corpus_dir,
-                                 dataset_dir=corpus_dir if remote else None, progress=not out.quiet)
+        with _stale_is_bad_input(codec):
+            builder = prepare_corpus(args.corpus, args.seed, sample_rate=sample_rate or 16000,
+                                     frame_rate=args.frame_rate, cache_dir=None if remote else corpus_dir,
+                                     dataset_dir=corpus_dir if remote else None, progress=not out.quiet,
+                                     overwrite=args.overwrite)
         audio_dir = os.path.dirname(os.path.dirname(builder.data_dir))
     else:
         from soundstorm_jax.data import prepare_audio_folder
         out.info(f"reading {args.audio} ...")
         audio_dir = os.path.join(args.out, "audio")
-        builder = prepare_audio_folder(args.audio, audio_dir, sample_rate=sample_rate,
-                                       allow_resample=not args.no_resample,
-                                       validation_fraction=args.validation_fraction, split_seed=args.seed,
-                                       on_bad_file="skip" if args.skip_bad_files else "raise")
+        with _stale_is_bad_input(codec), _audio_errors(args):
+            builder = prepare_audio_folder(args.audio, audio_dir, sample_rate=sample_rate,
+                                           allow_resample=not args.no_resample,
+                                           validation_fraction=args.validation_fraction, split_seed=args.seed,
+                                           on_bad_file="skip" if args.skip_bad_files else "raise",
+                                           overwrite=args.overwrite)
         if builder.skipped_files:
             record["skipped_files"] = list(builder.skipped_files)
             lines.append(f"skipped {len(builder.skipped_files)} unreadable file(s)")
+        if builder.resampled_from and process_index == 0:
+            count = sum(builder.resampled_from.values())
+            rates = ", ".join(f"{rate} Hz" for rate in sorted(builder.resampled_from))
+            out.notice(f"resampled {count} file(s) from {rates} to {builder.info.metadata['sample_rate']} Hz "
+                       f"(--no-resample refuses them instead)")
     if process_index == 0 and process_count > 1:
         distributed.barrier("soundstorm: audio dataset prepared")
+    if not getattr(builder, "prepared_now", True) and process_index == 0:
+        out.info(f"reusing {audio_dir}: it was made from the same files and settings")
     splits = {name: int(split.num_examples) for name, split in builder.info.splits.items()}
     record.update(audio_dataset=audio_dir, audio_splits=splits)
     lines.insert(0, f"audio dataset: {audio_dir} ({_splits(splits)})")
@@ -113,14 +133,17 @@ def run(args, out, extra):
         from soundstorm_jax.data import prepare_codes_dataset
         codes_dir = os.path.join(args.out, "codes")
         out.info(f"encoding with the codec ({codec.num_quantizers} levels x {codec.codebook_size} codes) ...")
-        metadata = dict(builder.info.metadata or {})
+        metadata = {k: v for k, v in dict(builder.info.metadata or {}).items() if k != "provenance"}
         metadata.update(sample_rate=codec.sample_rate, frame_rate=codec.frame_rate, hop_length=codec.hop_length)
-        codes = prepare_codes_dataset(codes_dir, audio_source=builder, encode_fn=codec.encode,
-                                      samples_per_frame=codec.hop_length, num_levels=codec.num_quantizers,
-                                      codebook_size=codec.codebook_size,
-                                      encode_batch_size=args.encode_batch_size, metadata=_jsonable(metadata),
-                                      process_index=process_index, process_count=process_count,
-                                      barrier=distributed.barrier)
+        with _stale_is_bad_input(codec):
+            codes = prepare_codes_dataset(codes_dir, audio_source=builder, encode_fn=codec.encode,
+                                          samples_per_frame=codec.hop_length, num_levels=codec.num_quantizers,
+                                          codebook_size=codec.codebook_size, codec=codec_identity,
+                                          encode_batch_size=args.encode_batch_size, metadata=_jsonable(metadata),
+                                          process_index=process_index, process_count=process_count,
+                                          barrier=distributed.barrier, overwrite=args.overwrite)
+        if not getattr(codes, "prepared_now", True) and process_index == 0:
+            out.info(f"reusing {codes_dir}: it was made from the same audio with the same codec")
         code_splits = {name: int(split.num_examples) for name, split in codes.info.splits.items()}
         record.update(codes_dataset=codes_dir, codes_splits=code_splits)
         lines.append(f"codes dataset: {codes_dir} ({_splits(code_splits)}); train SoundStorm with "
@@ -128,6 +151,90 @@ def run(args, out, extra):
     if process_index == 0:  # One result per job, not one per process.
         out.result(record, lines)
     return 0
+
+
+def _load_codec(args):
+    """(codec, its identity as the codes dataset records it) for --codec / --encodec, or (None, None).
+
+    The identity: a trained codec's workdir (absolute) and checkpoint step, or the EnCodec file (absolute) and
+    bandwidth; a sha256 of the weights as loaded (the parameters' names, shapes, dtypes and bytes: a retrained codec
+    at the same step, or other weights under the same file name, differ; the same weights as .th or .npz agree);
+    and its levels, codebook size, sample rate, frame rate and hop.
+    """
+    codec = load_codec_from_args(args)
+    if codec is None:
+        return None, None
+    if args.codec:
+        identity = dict(workdir=_absolute(args.codec), step=_checkpoint_step(args.codec))
+    else:
+        identity = dict(encodec=_absolute(args.encodec), bandwidth=args.bandwidth)
+    identity.update(num_levels=int(codec.num_quantizers), codebook_size=int(codec.codebook_size),
+                    sample_rate=int(codec.sample_rate), frame_rate=float(codec.frame_rate),
+                    hop_length=int(codec.hop_length), weights_sha256=_weights_sha256(codec))
+    return codec, identity
+
+
+def _checkpoint_step(workdir: str):
+    """The step of the latest checkpoint in a codec workdir (the one --codec loads; None when there is no
+    checkpoints/ folder): a name for the codec, which the weights' hash identifies."""
+    from etils import epath
+    folder = epath.Path(workdir) / "checkpoints"
+    steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    return max(steps) if steps else None
+
+
+def _weights_sha256(codec) -> str:
+    import hashlib
+
+    import jax
+    import numpy as np
+    digest = hashlib.sha256()
+    leaves = jax.tree_util.tree_flatten_with_path(getattr(codec, "variables", {}))[0]
+    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
+        array = np.asarray(jax.device_get(leaf))
+        digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _absolute(path: str) -> str:
+    return path if paths.is_remote(path) else os.path.abspath(path)
+
+
+@contextlib.contextmanager
+def _stale_is_bad_input(codec):
+    """A dataset in OUT made from something else: one line naming what changed and --overwrite."""
+    from soundstorm_jax.data.audio_folder import StaleDatasetError
+    try:
+        yield
+    except StaleDatasetError as e:
+        changes = list(e.changes)
+        if codec is not None and "sample_rate" in e.keys:
+            i = e.keys.index("sample_rate")
+            changes[i] += " (the codec's rate)"
+        raise CliError(f"{e.dataset_dir} is out of date: {'; '.join(changes)}; pass --overwrite to rebuild it "
+                       f"(or choose another --out)") from e
+
+
+@contextlib.contextmanager
+def _audio_errors(args):
+    """A bad audio file, in the command line's terms: the flag that skips it, or the one that resamples."""
+    from soundstorm_jax.data.audio_io import AudioError, SampleRateError
+    try:
+        yield
+    except SampleRateError as e:
+        path = repr(e.path) if e.path else "(unnamed)"
+        if args.no_resample:
+            raise CliError(f"audio file {path} has sample rate {e.rate} Hz but the dataset is at {e.target_rate} Hz "
+                           f"and --no-resample refuses other rates: leave out --no-resample to resample it, or "
+                           f"convert it first") from e
+        # No --sample-rate and no codec: the first file fixed the rate.
+        raise CliError(f"audio file {path} has sample rate {e.rate} Hz but the folder's first file has "
+                       f"{e.target_rate} Hz: pass --sample-rate with the rate you want (e.g. --sample-rate "
+                       f"{e.target_rate}) to resample every file to it") from e
+    except AudioError as e:
+        raise CliError(f"{str(e).rstrip('.')}; pass --skip-bad-files to leave out unreadable files") from e
+
 
 
 def _splits(splits: dict) -> str:
