@@ -4,7 +4,9 @@ Codes are `.npy` arrays of shape (frames, levels), integers in [0, codebook_size
 (int16 while the codebook fits, like the codes datasets). Audio is read with
 soundfile (WAV, FLAC, OGG, ...), mixed down to mono; decoded audio is written
 as 16-bit WAV at the codec's sample rate. Inputs, outputs and --out may be
-gs:// paths.
+gs:// paths. Two inputs that would write the same output file (the same name in two
+folders with --out, or a.wav and a.flac side by side) are refused before anything is
+loaded, naming both inputs and the output.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import os
 import numpy as np
 from etils import epath
 
+from soundstorm_jax import paths
 from soundstorm_jax.cli.common import (CliError, add_codec_options, codes_dtype, load_codec_from_args, load_codes,
-                                       make_out_dir, read_audio, write_wav)
+                                       make_out_dir, read_audio, require_file, write_wav)
 
 
 def _stem(path: str) -> str:
@@ -26,6 +29,27 @@ def _out_path(source: str, out_dir, suffix: str) -> str:
     return os.path.join(folder, _stem(source) + suffix)
 
 
+def _check_no_collisions(sources, out_dir, suffix: str) -> None:
+    """CliError when two inputs would be written to the same output file (the second would replace the first)."""
+    seen = {}
+    for source in sources:
+        target = _out_path(source, out_dir, suffix)
+        key = target if paths.is_remote(target) else os.path.normcase(os.path.abspath(target))
+        if key in seen:
+            first = seen[key]
+            if _same_file(first, source):
+                raise CliError(f"{source!r} is given twice; give each input once")
+            raise CliError(f"{first!r} and {source!r} would both be written to {target!r}; rename one, or run them "
+                           f"separately with different --out folders")
+        seen[key] = source
+
+
+def _same_file(a: str, b: str) -> bool:
+    if paths.is_remote(a) or paths.is_remote(b):
+        return a == b
+    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+
+
 def add_parsers(subparsers, parents):
     enc = subparsers.add_parser(
         "encode", parents=parents, help="audio files -> codes (.npy)",
@@ -35,7 +59,8 @@ def add_parsers(subparsers, parents):
     enc.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files to encode")
     add_codec_options(enc, required=True)
     enc.add_argument("--out", metavar="DIR", default=None,
-                     help="folder for the .npy files (default: next to each input); created if missing")
+                     help="folder for the .npy files (default: next to each input); created if missing. Two "
+                          "inputs with the same name (a.wav, a.flac) are refused: they would write the same file")
     enc.add_argument("--resample", action="store_true",
                      help="resample files whose rate differs from the codec's (default: refuse them)")
     enc.add_argument("--num-levels", type=int, default=None,
@@ -49,7 +74,8 @@ def add_parsers(subparsers, parents):
     dec.add_argument("codes", nargs="+", metavar="CODES", help=".npy codes files, shape (frames, levels)")
     add_codec_options(dec, required=True)
     dec.add_argument("--out", metavar="DIR", default=None,
-                     help="folder for the .wav files (default: next to each input); created if missing")
+                     help="folder for the .wav files (default: next to each input); created if missing. Two "
+                          "inputs with the same name are refused: they would write the same file")
     dec.add_argument("--length", type=int, default=None,
                      help="trim every output to this many samples (default: frames x the codec's hop)")
     dec.set_defaults(run=run_decode)
@@ -58,8 +84,8 @@ def add_parsers(subparsers, parents):
 def run_encode(args, out, extra):
     del extra
     for path in args.audio:  # Every input checked before the codec is loaded.
-        if not epath.Path(path).is_file():
-            raise CliError(f"audio file {path!r} does not exist")
+        require_file(path, "audio file")
+    _check_no_collisions(args.audio, args.out, ".npy")
     if args.out is not None:
         make_out_dir(args.out)
     codec = load_codec_from_args(args)
@@ -83,6 +109,9 @@ def run_encode(args, out, extra):
 
 def run_decode(args, out, extra):
     del extra
+    for path in args.codes:
+        require_file(path, "codes file")
+    _check_no_collisions(args.codes, args.out, ".wav")
     arrays = []
     for path in args.codes:
         codes = load_codes(path)
