@@ -17,7 +17,7 @@ from etils import epath
 
 from soundstorm_jax.cli import spectrogram
 from soundstorm_jax.cli.common import (CliError, add_codec_options, codes_dtype, load_codec_from_args, load_codes,
-                                       make_out_dir, read_audio, write_wav)
+                                       make_out_dir, read_audio, require_file, write_wav)
 
 
 def add_parser(subparsers, parents):
@@ -122,6 +122,58 @@ def _prompt_semantic(args, config, net, frames: int, num_samples: int) -> np.nda
     return np.ascontiguousarray(np.broadcast_to(stretched, (num_samples, tokens)))
 
 
+def _check_sampling_flags(args) -> None:
+    """The sampling flags the sampler would otherwise refuse under its Python argument names."""
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise CliError(f"--temperature must be a number >= 0, got {args.temperature:g}")
+    if args.top_k is not None and args.top_k < 1:
+        raise CliError(f"--top-k must be positive, got {args.top_k}")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise CliError(f"--top-p must lie in (0, 1], got {args.top_p:g}")
+    if args.guidance_scale is not None and args.semantic is None and args.text is None:
+        raise CliError("--guidance-scale needs conditioning to guide towards: --semantic FILE.npy or --text")
+
+
+def _prompt_flag(args) -> str:
+    return f"--prompt-codes {args.prompt_codes}" if args.prompt_codes is not None else (
+        f"--prompt-audio {args.prompt_audio}")
+
+
+def _check_against_model(args, model, steps) -> None:
+    """The sampling flags that must fit the trained model, checked with the flags' names (once it is loaded)."""
+    net = model.net
+    if isinstance(steps, tuple) and len(steps) != net.num_quantizers:
+        example = ",".join(str(s) for s in (tuple(steps) + (1,) * net.num_quantizers)[:net.num_quantizers])
+        raise CliError(f"--steps {args.steps} has {len(steps)} entries but the model has {net.num_quantizers} "
+                       f"levels: give one per level (e.g. --steps {example}) or one int (the first level's passes)")
+    if args.top_k is not None and args.top_k > net.codebook_size:
+        raise CliError(f"--top-k must lie in [1, {net.codebook_size}] (the model's codebook size), got {args.top_k}")
+    if args.guidance_scale is not None and not model.cond_drop_prob:
+        raise CliError("--guidance-scale needs a model trained with conditioning dropout "
+                       "(--config.objective.cond_drop_prob above 0); this one was trained without it")
+
+
+def _check_prompt(args, net, prompt, frames, semantic, codec) -> None:
+    """The prompt must fit the model's levels and the samples' length (--frames, --seconds or the semantic
+    tokens'), said with the flags' names (and the prompt's seconds when a codec gives the rate)."""
+    from soundstorm_jax.model.wrapper import semantic_frames
+
+    if prompt is None:
+        return
+    if prompt.shape[1] > net.num_columns:
+        raise CliError(f"the prompt ({_prompt_flag(args)}) has {prompt.shape[1]} levels but the model has "
+                       f"{net.num_columns}")
+    if frames is None and semantic is not None:
+        frames = semantic_frames(semantic.shape[1], net.acoustic_per_semantic)
+    if frames is not None and len(prompt) > frames:
+        seconds = "" if codec is None else (f" ({len(prompt) * codec.hop_length / codec.sample_rate:.3g} s at "
+                                            f"{codec.frame_rate:g} frames/s)")
+        length = (f"--seconds {args.seconds:g}" if args.seconds is not None else
+                  f"--frames {args.frames}" if args.frames is not None else "the semantic tokens")
+        raise CliError(f"the prompt ({_prompt_flag(args)}) has {len(prompt)} frames{seconds} but {length} gives "
+                       f"only {frames} per sample; give a longer length (--frames or --seconds) or a shorter prompt")
+
+
 def run(args, out, extra):
     del extra
     import jax
@@ -147,10 +199,10 @@ def run(args, out, extra):
         if not args.codec and not args.encodec:
             raise CliError("--prompt-audio needs a codec (--codec WORKDIR or --encodec FILE) to encode it; "
                            "or give --prompt-codes")
-        if not epath.Path(args.prompt_audio).is_file():
-            raise CliError(f"prompt audio file {args.prompt_audio!r} does not exist")
+        require_file(args.prompt_audio, "prompt audio file")
     if args.spectrogram and not args.codec and not args.encodec:
         raise CliError("--spectrogram needs a codec (--codec WORKDIR or --encodec FILE) to decode the samples")
+    _check_sampling_flags(args)
     steps = parse_steps(args.steps)
     prompt = None if args.prompt_codes is None else load_codes(args.prompt_codes, "prompt codes file")
     if prompt is not None and prompt.ndim != 2:
@@ -169,6 +221,7 @@ def run(args, out, extra):
     from soundstorm_jax.training.restore import load_soundstorm
     model, variables, config = load_soundstorm(args.workdir, args.step)
     net = model.net
+    _check_against_model(args, model, steps)
     if args.text is not None:
         semantic = _text_semantic(args.text, args.voice, config, args.num_samples)
     if prompt is not None and (prompt.min() < 0 or prompt.max() >= net.codebook_size):
@@ -187,12 +240,13 @@ def run(args, out, extra):
         # The text is what follows the prompt: the prompt's frames get its own phonemes (or none).
         semantic = np.concatenate([_prompt_semantic(args, config, net, len(prompt), args.num_samples), semantic],
                                   axis=1)
-    prompt_audio = None
-    if args.spectrogram and prompt is not None:  # What the prompt sounds like through the codec.
-        prompt_audio = np.asarray(codec.decode(prompt[None].astype(np.int32)))[0]
     frames = args.frames
     if args.seconds is not None:
         frames = max(1, int(args.seconds * codec.sample_rate // codec.hop_length))
+    _check_prompt(args, net, prompt, frames, semantic, codec)
+    prompt_audio = None
+    if args.spectrogram and prompt is not None:  # What the prompt sounds like through the codec.
+        prompt_audio = np.asarray(codec.decode(prompt[None].astype(np.int32)))[0]
 
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.num_samples)
     written, shapes = [], []
