@@ -69,6 +69,55 @@ def show_package_log(*, quiet: bool) -> None:
     logger.propagate = False
 
 
+class _LibraryLogFilter(logging.Filter):
+    """Lets through other libraries' warnings and errors only, unless --verbose (`quiet_libraries`)."""
+
+    shown = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.shown or record.levelno >= logging.WARNING or record.name.startswith("soundstorm_jax")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler on whatever sys.stderr is when a line is written (not the one at creation)."""
+
+    stream = property(lambda self: sys.stderr, lambda self, value: None)
+
+
+_LIBRARY_FILTER = _LibraryLogFilter()
+
+
+def quiet_libraries(*, verbose: bool) -> None:
+    """Other libraries' log lines: hidden (default) or shown (--verbose). The package's own lines are
+    `show_package_log`'s.
+
+    Python logging (absl, through which Orbax logs; JAX; TFDS; ...): lines below WARNING are dropped by a filter
+    on the root logger's stderr handler, which is installed here (absl would otherwise install a bare one at its
+    first line), so a library that raises its own verbosity later stays quiet. C++ logging (XLA, TensorFlow):
+    TF_CPP_MIN_LOG_LEVEL, which JAX defaults to 1 (no INFO lines); --verbose sets it to 0. Called by `main` once
+    the flags are parsed, before TFDS, Orbax or a backend has logged anything. Warnings and errors always show.
+    """
+    _LIBRARY_FILTER.shown = bool(verbose)
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(logging.BASIC_FORMAT))  # What logging.basicConfig would use.
+        root.addHandler(handler)
+    for handler in root.handlers:
+        if type(handler) in (logging.StreamHandler, _StderrHandler) and _LIBRARY_FILTER not in handler.filters:
+            handler.addFilter(_LIBRARY_FILTER)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        from absl import logging as absl_logging
+    except ImportError:  # pragma: no cover - absl comes with JAX
+        return
+    absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
+
+
 def require_file(path: str, what: str) -> str:
     if not epath.Path(path).exists():
         raise CliError(f"{what} {path!r} does not exist")
@@ -83,14 +132,80 @@ def require_dir(path: str, what: str) -> str:
     return path
 
 
-def make_out_dir(path: str) -> str:
-    """Creates the output folder; CliError when it cannot be created or written."""
+# Output folders this command created (the topmost folder that did not exist before, and the files inside it that
+# may go with it), removed by `remove_created_folders` when the command fails; reset by `main` for each command.
+_created: list[tuple[str, tuple[str, ...]]] = []
+
+
+def make_out_dir(path: str, *, disposable: Iterable[str] = ()) -> str:
+    """Creates the output folder; CliError when it cannot be created or written.
+
+    Records the folders it creates (not those that existed): when the command fails, `remove_created_folders`
+    removes them again if they hold no files, or only the `disposable` ones (paths under `path`, e.g. the
+    config.json a training run writes before it fails).
+    """
     from soundstorm_jax.data.audio_io import AudioError, make_output_dir
 
+    top = None if paths.is_remote(path) else _topmost_missing(os.path.abspath(os.fspath(path)))
     try:
-        return make_output_dir(path)
+        made = make_output_dir(path)
     except AudioError as e:
         raise CliError(str(e)) from e
+    if top is not None and os.path.isdir(top):
+        extra = tuple(os.path.join(os.path.abspath(os.fspath(path)), name) for name in disposable)
+        _created.append((top, extra))
+    return made
+
+
+def _topmost_missing(path: str) -> Optional[str]:
+    """The outermost folder of `path` (absolute) that does not exist yet, or None when `path` exists."""
+    top = None
+    while not os.path.lexists(path):
+        top, parent = path, os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return top
+
+
+def forget_created_folders() -> None:
+    _created.clear()
+
+
+def remove_created_folders() -> list[str]:
+    """After a failed command: removes each output folder it created that holds no files (empty subfolders
+    only) or nothing but its disposable files. A folder holding anything else (a checkpoint, samples written
+    before the failure, a file another program put there) is kept whole. Returns the folders removed."""
+    removed = []
+    for top, disposable in reversed(_created):
+        if not os.path.isdir(top) or os.path.islink(top) or not _holds_only(top, disposable):
+            continue
+        try:
+            for path in disposable:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    import shutil
+                    shutil.rmtree(path)
+                elif os.path.lexists(path):
+                    os.remove(path)
+            for root, _, _ in os.walk(top, topdown=False):
+                os.rmdir(root)  # Fails (and keeps the folder) if anything appeared in it meanwhile.
+        except OSError:
+            continue
+        removed.append(top)
+    _created.clear()
+    return removed
+
+
+def _holds_only(top: str, disposable: tuple[str, ...]) -> bool:
+    """Whether every file (or link) under `top` is one of the `disposable` paths or lies under one of them."""
+    def allowed(path):
+        return any(path == d or path.startswith(d + os.sep) for d in disposable)
+
+    for root, dirs, files in os.walk(top):
+        links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
+        if any(not allowed(os.path.join(root, name)) for name in files + links):
+            return False
+    return True
 
 
 def read_audio(path: str, sample_rate: int, *, resample: bool, on_resample=None) -> np.ndarray:

@@ -1,11 +1,14 @@
 """`soundstorm`: the command line's entry point (console script and `python -m soundstorm_jax`).
 
-    soundstorm [--quiet] [--json] [--debug] COMMAND [options]
+    soundstorm [--quiet] [--json] [--debug] [--verbose] COMMAND [options]
 
 Commands: demo, prepare, train, encode, decode, generate, launch (`soundstorm COMMAND --help`).
 Exit status: 0 success; 2 bad input (the message on stderr starts with
 "error: "); 1 an unexpected failure (with its traceback under --debug);
-130 interrupted by Ctrl-C (SIGINT), as shells report it.
+130 interrupted by Ctrl-C (SIGINT), as shells report it. A command that fails removes the
+output folders it created while they hold nothing (`common.remove_created_folders`).
+Other libraries' log lines (Orbax, absl, TensorFlow, TFDS, XLA's C++ INFO lines) are
+hidden unless --verbose (`common.quiet_libraries`).
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ from typing import Optional, Sequence
 
 from soundstorm_jax import __version__
 from soundstorm_jax.cli import codec_io, demo, generate, launch, prepare, train
-from soundstorm_jax.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError, Output, show_package_log
+from soundstorm_jax.cli.common import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError, Output,
+                                       forget_created_folders, quiet_libraries, remove_created_folders,
+                                       show_package_log)
 
 DESCRIPTION = """SoundStorm in JAX: prepare data, train, encode/decode audio and generate.
 
@@ -43,6 +48,9 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
                         help="print the result as one JSON object on stdout (for scripts)")
     parser.add_argument("--debug", action="store_true", default=default,
                         help="show the traceback of any error")
+    parser.add_argument("--verbose", "-v", action="store_true", default=default,
+                        help="also show other libraries' log lines (Orbax, absl, TensorFlow, TFDS, XLA), hidden "
+                             "by default")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,8 +76,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")  # Exits with status 2.
+    quiet_libraries(verbose=args.verbose)  # Before TensorFlow, TFDS or Orbax are imported.
     out = Output(quiet=args.quiet, as_json=args.json)
     show_package_log(quiet=args.quiet or args.json)
+    forget_created_folders()
+    code = _run(args, out, extra)
+    if code != 0:
+        remove_created_folders()  # Only those this command created and left without files.
+    return code
+
+
+def _run(args, out: Output, extra: Sequence[str]) -> int:
     try:
         _check_remote_paths(args, extra)
         # With --json, stdout holds only the result object: anything else printed goes to stderr.
@@ -109,6 +126,7 @@ def _fail(args, message: str, code: int) -> int:
     if args.json:
         print(json.dumps(dict(command=args.command, error=message, exit_code=code)), flush=True)
     if "jax" in sys.modules and sys.modules["jax"].distributed.is_initialized():
+        remove_created_folders()  # main() will not get to it.
         # One process of a multi-process job failed: leave now. Exiting normally would wait at JAX's shutdown
         # barrier for processes that are themselves waiting for this one; they stop when the coordinator misses
         # this process's heartbeats.

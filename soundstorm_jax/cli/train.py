@@ -21,7 +21,12 @@ import sys
 
 from etils import epath
 
-from soundstorm_jax.cli.common import CliError, Output
+from soundstorm_jax.cli.common import CliError, Output, make_out_dir
+
+# What a run writes into its workdir before its first metrics line or checkpoint (its config, compiled programs,
+# TensorBoard's event file with no scalars yet): nothing worth keeping when it fails there. A workdir that holds
+# metrics.jsonl, a checkpoint or anything else is never removed.
+DISPOSABLE = ("config.json", "compile_cache", "tensorboard")
 
 DESCRIPTION = """Train SoundStorm or the SoundStream codec (config.kind picks the model).
 
@@ -119,6 +124,9 @@ def run(args, out, extra):
     config = read_config(args.config, extra)
     from soundstorm_jax import training
     training.check_saved_config(args.workdir, config)  # A wrong workdir fails before JAX starts.
+    # A new workdir is removed when the command fails and leaves nothing in it but DISPOSABLE (a bad dataset or
+    # model setting fails after the config is written); one with a checkpoint or metrics is kept.
+    make_out_dir(args.workdir, disposable=DISPOSABLE)
     from soundstorm_jax import distributed
     distributed.maybe_initialize_distributed()  # Before anything touches the devices.
     import jax
