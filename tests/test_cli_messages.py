@@ -133,6 +133,20 @@ def test_encode_wrong_rate_names_the_resample_flag(tmp_path, monkeypatch):
     assert "--resample" in message and "allow_resample" not in message
 
 
+def test_encodec_without_torch_names_the_flag(tmp_path):
+    pytest.importorskip("soundstorm_jax.codec")
+    try:
+        import torch  # noqa: F401
+        pytest.skip("torch is installed: the checkpoint would be read")
+    except ImportError:
+        pass
+    soundfile.write(tmp_path / "a.wav", tone(0.01), RATE, subtype="PCM_16")
+    (tmp_path / "encodec.th").write_bytes(b"not read")
+    message = bad_input("encode", tmp_path / "a.wav", "--encodec", tmp_path / "encodec.th")
+    assert "--encodec" in message and "pip install torch" in message and ".npz" in message
+    assert "pass the state dict" not in message
+
+
 # ---- a failed command removes the output folders it created -------------------------------------------------
 
 def test_failed_commands_remove_the_empty_output_folders_they_created(tmp_path):

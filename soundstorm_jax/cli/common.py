@@ -268,7 +268,15 @@ def load_codec_from_args(args) -> Optional[Any]:
     if getattr(args, "encodec", None):
         path = require_file(args.encodec, "EnCodec checkpoint")
         from soundstorm_jax.codec import load_encodec
-        return load_encodec(path, bandwidth=args.bandwidth)
+        try:
+            return load_encodec(path, bandwidth=args.bandwidth)
+        except ImportError as e:
+            if "torch" not in str(e):
+                raise
+            raise CliError(f"--encodec {path!r} is a PyTorch checkpoint and reading it needs torch (pip install "
+                           f"torch); or give --encodec an .npz of its arrays (made where torch is installed: "
+                           f"np.savez('encodec.npz', **{{k: v.numpy() for k, v in torch.load({path!r}).items()}}))"
+                           ) from e
     return None
 
 
