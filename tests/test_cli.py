@@ -333,3 +333,44 @@ def test_generate_bad_inputs(env, tmp_path):
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record == {"command": "generate", "error": record["error"], "exit_code": 2}
     assert "--seconds needs a codec" in record["error"]
+
+
+# ---- export --------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_an_export_generates_what_its_workdirs_generate(env, tmp_path, soundstorm_workdir, codec_workdir):
+    """`soundstorm export` writes the inference variables only; every command and `soundstorm_jax.load` take
+    the export in place of the workdirs and give the same samples."""
+    import jax
+    import soundstorm_jax
+    from soundstorm_jax.cli.main import main
+    from soundstorm_jax.training import restore
+    out = tmp_path / "exported"
+    result = cli(env, "--json", "export", soundstorm_workdir, out, "--codec", codec_workdir)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (report["kind"], report["step"], report["codec"]["kind"]) == ("soundstorm", 2, "codec")
+    for part in (report, report["codec"]):  # No optimizer state, no discriminators: a fraction of the checkpoint.
+        assert part["export_bytes"] < 0.5 * part["checkpoint_bytes"], part
+    assert sorted(os.listdir(out)) == ["codec", "config.json", "export.json", "params"]
+
+    def generated(workdir, codec, folder):
+        args = ["--quiet", "generate", str(workdir), "--codec", str(codec), "--frames", "12", "--num-samples", "2",
+                "--seed", "4", "--save-codes", "--out", str(tmp_path / folder)]
+        assert main(args) == 0
+        return [np.load(tmp_path / folder / f"sample_{i:03d}.npy") for i in range(2)]
+
+    for a, b in zip(generated(out, out / "codec", "from_export"),
+                    generated(soundstorm_workdir, codec_workdir, "from_workdirs")):
+        np.testing.assert_array_equal(a, b)
+
+    model, variables, config, codec = soundstorm_jax.load(str(out))
+    assert codec.sample_rate == RATE and config.model.num_quantizers == 3
+    trained_model, trained_variables, _ = restore.load_soundstorm(soundstorm_workdir)
+    key = jax.random.key(7)
+    np.testing.assert_array_equal(np.asarray(model.generate(variables, 12, batch_size=2, key=key)),
+                                  np.asarray(trained_model.generate(trained_variables, 12, batch_size=2, key=key)))
+
+    assert "not an empty folder" in bad_input(env, "export", soundstorm_workdir, out)
+    assert "does not exist" in bad_input(env, "export", tmp_path / "missing", tmp_path / "new")
+    assert "export of step 2, not 1" in bad_input(env, "generate", out, "--step", "1", "--frames", "4",
+                                                  "--out", tmp_path / "x")

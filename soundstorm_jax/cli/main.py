@@ -2,7 +2,7 @@
 
     soundstorm [--quiet] [--json] [--debug] [--verbose] COMMAND [options]
 
-Commands: demo, prepare, train, encode, decode, generate, launch (`soundstorm COMMAND --help`).
+Commands: demo, prepare, train, encode, decode, generate, export, launch (`soundstorm COMMAND --help`).
 Exit status: 0 success; 2 bad input (the message on stderr starts with
 "error: "); 1 an unexpected failure (with its traceback under --debug);
 130 interrupted by Ctrl-C (SIGINT), as shells report it. A command that fails removes the
@@ -21,7 +21,7 @@ import traceback
 from typing import Optional, Sequence
 
 from soundstorm_jax import __version__
-from soundstorm_jax.cli import codec_io, demo, generate, launch, prepare, train
+from soundstorm_jax.cli import codec_io, demo, export, generate, launch, prepare, train
 from soundstorm_jax.cli.common import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError, Output,
                                        forget_created_folders, quiet_libraries, remove_created_folders,
                                        show_package_log)
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(subparsers, [common])
     codec_io.add_parsers(subparsers, [common])
     generate.add_parser(subparsers, [common])
+    export.add_parser(subparsers, [common])
     demo.add_parser(subparsers, [common])
     launch.add_parser(subparsers, [common])
     return parser

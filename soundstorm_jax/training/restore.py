@@ -5,7 +5,8 @@
 
 The model is rebuilt from `workdir/config.json` (the config the run was
 trained with) and the latest complete checkpoint (or `step`) is restored
-onto one device, or onto `mesh`.
+onto one device, or onto `mesh`. An export (`soundstorm export`, `soundstorm_jax.export`) loads the same
+way, from its inference variables.
 """
 from __future__ import annotations
 
@@ -31,21 +32,16 @@ class RestoredRun:
     step: int
 
 
-def restore_run(workdir: str, *, step: Optional[int] = None, kind: Optional[str] = None,
-                mesh: Optional[Mesh] = None) -> RestoredRun:
-    """The run in `workdir` at checkpoint `step` (default: the latest), on `mesh` (default: one local device).
-
-    `kind` ('soundstorm' or 'codec') is what the caller needs; another kind is an error naming both.
-    Every problem (no folder, no or a malformed config.json, no checkpoint) is a ValueError or
-    FileNotFoundError naming the workdir.
-    """
+def rebuild(workdir: str, *, kind: Optional[str] = None, mesh: Optional[Mesh] = None):
+    """(config, task) of the run (or export) in `workdir`, rebuilt from its config.json on `mesh` (default: one
+    local device) without reading any data. Every problem is a ValueError or FileNotFoundError naming it."""
     paths.check_reachable(workdir, "workdir")
     if not epath.Path(workdir).is_dir():
         raise FileNotFoundError(f"workdir {workdir!r} does not exist or is not a directory")
     config = config_lib.read_saved_config(workdir)
     if config is None:
         raise FileNotFoundError(f"{workdir!r} has no {config_lib.CONFIG_FILE}; is it a training workdir "
-                                f"(`soundstorm train --workdir ...`)?")
+                                f"(`soundstorm train --workdir ...`) or an export (`soundstorm export`)?")
     found = config_lib.kind_of(config)
     if kind is not None and found != kind:
         raise config_lib.ConfigError(f"{workdir!r} holds a {found!r} run, not a {kind!r} one")
@@ -59,7 +55,18 @@ def restore_run(workdir: str, *, step: Optional[int] = None, kind: Optional[str]
     if found == "soundstorm":  # Never the codes dataset: config.json holds what it decided (older runs: defaults).
         from soundstorm_jax.training.soundstorm_task import fill_without_data
         fill_without_data(config)
-    task = trainer.build_task(config, mesh)
+    return config, trainer.build_task(config, mesh)
+
+
+def restore_run(workdir: str, *, step: Optional[int] = None, kind: Optional[str] = None,
+                mesh: Optional[Mesh] = None) -> RestoredRun:
+    """The run in `workdir` at checkpoint `step` (default: the latest), on `mesh` (default: one local device).
+
+    `kind` ('soundstorm' or 'codec') is what the caller needs; another kind is an error naming both.
+    Every problem (no folder, no or a malformed config.json, no checkpoint) is a ValueError or
+    FileNotFoundError naming the workdir.
+    """
+    config, task = rebuild(workdir, kind=kind, mesh=mesh)
     ckpt = checkpoint_lib.Checkpointer(workdir, config.model, every_steps=1, keep=1, async_save=False)
     try:
         if ckpt.latest_step() is None:
@@ -70,14 +77,38 @@ def restore_run(workdir: str, *, step: Optional[int] = None, kind: Optional[str]
     return RestoredRun(workdir=workdir, config=config, task=task, state=state, step=restored_step)
 
 
+def _from_export(path: str, kind: str, step: Optional[int], mesh: Optional[Mesh]):
+    """(config, task, variables) of an export: its variables restored in the layout `mesh` wants."""
+    from soundstorm_jax import export
+    manifest = export.read_manifest(path)
+    if step is not None and step != manifest["step"]:
+        raise ValueError(f"{path!r} is an export of step {manifest['step']}, not {step}")
+    config, task = rebuild(path, kind=kind, mesh=mesh)
+    state = task.abstract_state
+    if kind == "soundstorm":
+        abstract = {"params": state.params}
+    else:
+        abstract = {"params": state.codec.params["generator"], "vq_stats": state.codec.vq_stats}
+    return config, task, export.load_variables(path, abstract)
+
+
 def load_soundstorm(workdir: str, step: Optional[int] = None, *, mesh: Optional[Mesh] = None):
-    """(model, variables, config) of a SoundStorm workdir: variables = {'params': EMA params, else raw}."""
+    """(model, variables, config) of a SoundStorm workdir or export: variables = {'params': EMA params, else raw}."""
+    from soundstorm_jax import export
+    if export.is_export(workdir):
+        config, task, variables = _from_export(workdir, "soundstorm", step, mesh)
+        return task.model, variables, config
     run = restore_run(workdir, step=step, kind="soundstorm", mesh=mesh)
     return run.task.model, {"params": nn.unbox(run.task.eval_params(run.state))}, run.config
 
 
 def load_codec(workdir: str, step: Optional[int] = None, *, mesh: Optional[Mesh] = None):
-    """The codec trained in a codec workdir (a `SoundStreamCodec`: jitted encode / decode)."""
+    """The codec trained in a codec workdir or export (a `SoundStreamCodec`: jitted encode / decode)."""
+    from soundstorm_jax import export
+    if export.is_export(workdir):
+        from soundstorm_jax.codec import SoundStreamCodec
+        _, task, variables = _from_export(workdir, "codec", step, mesh)
+        return SoundStreamCodec(task.train_config.codec, variables, compiler_options=task.options)
     run = restore_run(workdir, step=step, kind="codec", mesh=mesh)
     return run.task.codec(run.state)
 
