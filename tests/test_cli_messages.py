@@ -279,3 +279,11 @@ def test_library_logs_hidden_unless_verbose(env, tmp_path, audio_dataset):
     assert "resumed from step 2" in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith("INFO:absl:")]) >= 10, \
         result.stderr[-4000:]
+
+
+def test_train_advice_names_commands_not_python_functions(tmp_path):
+    """A SoundStorm run without data, or on a folder holding no codes dataset: the advice is the command to run."""
+    for extra in ([], [f"--config.data.dir={tmp_path / 'empty'}"]):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        message = bad_input("train", "--config", "tiny", "--workdir", str(tmp_path / "run"), *extra)
+        assert "soundstorm prepare --audio" in message and "soundstorm_jax." not in message, message

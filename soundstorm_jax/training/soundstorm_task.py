@@ -54,7 +54,7 @@ LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict]]
 
 PIPELINE_KEYS = ("batch_size", "max_frames", "frame_rate", "semantic_rate", "code_pad_value",
                  "num_threads", "prefetch_buffer_size")
-HOW_TO_PREPARE = "prepare one with `soundstorm prepare --codec ...` or soundstorm_jax.data.prepare_codes_dataset"
+HOW_TO_PREPARE = "prepare one with `soundstorm prepare --audio AUDIO_DIR --codec CODEC_WORKDIR --out DIR`"
 DEFAULT_FRAME_RATE = 50.0
 """config.data.frame_rate when neither the config nor the codes dataset gives one (e.g. `.npy` codes)."""
 
@@ -493,8 +493,8 @@ class SoundStormTask:
     def _open_builder(self) -> tfds.core.DatasetBuilder:
         data_dir = self.config.data.get("dir")
         if not data_dir:
-            raise ValueError("config.data.dir is not set: pass --config.data.dir=DIR, a codes dataset made by "
-                             "`soundstorm prepare --codec ...` or soundstorm_jax.data.prepare_codes_dataset")
+            raise ValueError("config.data.dir is not set: pass --config.data.dir=DIR/codes, a codes dataset made by "
+                             "`soundstorm prepare --audio AUDIO_DIR --codec CODEC_WORKDIR --out DIR`")
         return open_dataset(data_dir, "codes_dataset", HOW_TO_PREPARE)
 
     @staticmethod
