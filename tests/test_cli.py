@@ -353,15 +353,23 @@ def test_an_export_generates_what_its_workdirs_generate(env, tmp_path, soundstor
         assert part["export_bytes"] < 0.5 * part["checkpoint_bytes"], part
     assert sorted(os.listdir(out)) == ["codec", "config.json", "export.json", "params"]
 
-    def generated(workdir, codec, folder):
+    def generated(workdir, codec, folder, *extra):
         args = ["--quiet", "generate", str(workdir), "--codec", str(codec), "--frames", "12", "--num-samples", "2",
-                "--seed", "4", "--save-codes", "--out", str(tmp_path / folder)]
+                "--seed", "4", "--save-codes", "--out", str(tmp_path / folder), *extra]
         assert main(args) == 0
         return [np.load(tmp_path / folder / f"sample_{i:03d}.npy") for i in range(2)]
 
-    for a, b in zip(generated(out, out / "codec", "from_export"),
-                    generated(soundstorm_workdir, codec_workdir, "from_workdirs")):
+    # This process has 8 devices: --mesh's default splits each batch over all of them (padded to 8 examples);
+    # one device (--mesh data=1) gives the same samples.
+    for a, b, c in zip(generated(out, out / "codec", "from_export"),
+                       generated(soundstorm_workdir, codec_workdir, "from_workdirs"),
+                       generated(out, out / "codec", "one_device", "--mesh", "data=1")):
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    message = bad_input(env, "generate", out, "--frames", "4", "--mesh", "data=3", "--out", tmp_path / "x")
+    assert "--mesh 'data=3' does not fit the 8 local devices" in message, message
+    assert "--mesh 'tensr=2'" in bad_input(env, "generate", out, "--frames", "4", "--mesh", "tensr=2",
+                                           "--out", tmp_path / "x")
 
     model, variables, config, codec = soundstorm_jax.load(str(out))
     assert codec.sample_rate == RATE and config.model.num_quantizers == 3

@@ -2,9 +2,10 @@
 
 The model is rebuilt from WORKDIR/config.json and its parameters (the EMA
 ones when the run kept them) restored from the latest complete checkpoint
-(`training.restore.load_soundstorm`, on one device). Samples are drawn in
-batches of --batch-size; sample i always uses key i of split(PRNGKey(seed)),
-so the batch size never changes the result. Codes are written as
+(`training.restore.load_soundstorm`). Samples are drawn in batches of
+--batch-size, each split over the devices of --mesh (default: all local
+devices); sample i always uses key i of split(PRNGKey(seed)), so neither the
+batch size nor the mesh changes the result. Codes are written as
 `sample_NNN.npy` (frames, levels); with a codec also `sample_NNN.wav`.
 """
 from __future__ import annotations
@@ -65,6 +66,10 @@ def add_parser(subparsers, parents):
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="samples generated per call (default: all at once)")
+    parser.add_argument("--mesh", default="data=-1", metavar="AXIS=SIZE,...",
+                        help="the device mesh each batch is generated on: sizes of the axes data, fsdp and tensor "
+                             "(-1: the remaining devices), e.g. data=2,tensor=2; the batch is split over data and "
+                             "fsdp, parameters as in training (default data=-1: every local device, data parallel)")
     parser.add_argument("--out", metavar="DIR", default="generated", help="output folder (default ./generated)")
     parser.add_argument("--spectrogram", action="store_true",
                         help="with a codec, also draw sample_NNN.png: the sample's spectrogram, next to the "
@@ -187,6 +192,7 @@ def run(args, out, extra):
     batch_size = args.batch_size or args.num_samples
     if batch_size < 1:
         raise CliError(f"--batch-size must be positive, got {batch_size}")
+    mesh_shape = parse_mesh(args.mesh)
     if args.frames is not None and args.frames < 1:
         raise CliError(f"--frames must be positive, got {args.frames}")
     if args.seconds is not None:
@@ -248,6 +254,14 @@ def run(args, out, extra):
     if args.spectrogram and prompt is not None:  # What the prompt sounds like through the codec.
         prompt_audio = np.asarray(codec.decode(prompt[None].astype(np.int32)))[0]
 
+    mesh = None
+    if jax.local_device_count() > 1 and any(size != 1 for size in mesh_shape.values()):
+        from soundstorm_jax.training import sharding
+        try:
+            mesh = sharding.make_mesh(mesh_shape, jax.local_devices())
+        except ValueError as e:
+            raise CliError(f"--mesh {args.mesh!r} does not fit the {jax.local_device_count()} local devices: "
+                           f"{str(e).replace('mesh.shape ', 'axis sizes ')}") from e
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.num_samples)
     written, shapes = [], []
     starts = list(range(0, args.num_samples, batch_size))
@@ -262,7 +276,7 @@ def run(args, out, extra):
             if args.text is not None and frames is None:  # Every frame counts, the unconditioned prompt's too
                 # (pad ids would read as padding): all the frames the semantic tokens cover.
                 options["lengths"] = [semantic_frames(semantic.shape[1], net.acoustic_per_semantic)] * (stop - start)
-        codes = np.asarray(generate(model, variables, frames, **options))
+        codes = np.asarray(generate(model, variables, frames, mesh=mesh, **options))
         for i, sample in enumerate(codes):
             name = os.path.join(args.out, f"sample_{start + i:03d}")
             sample = sample[(sample >= 0).all(axis=1)]  # Padded frames (pad_value -1), if any.
@@ -281,3 +295,22 @@ def run(args, out, extra):
         record["sample_rate"] = codec.sample_rate
     out.result(record, written)
     return 0
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    """'data=2,tensor=2' -> {'data': 2, 'tensor': 2}; CliError naming --mesh otherwise."""
+    shape = {}
+    for part in text.split(","):
+        name, _, size = part.partition("=")
+        name = name.strip()
+        if name not in ("data", "fsdp", "tensor") or name in shape:
+            raise CliError(f"--mesh {text!r}: give each of the axes data, fsdp, tensor at most once as AXIS=SIZE, "
+                           f"e.g. data=2,tensor=2")
+        try:
+            shape[name] = int(size)
+        except ValueError:
+            raise CliError(f"--mesh {text!r}: the size of {name!r} must be an integer (-1: the remaining devices)") \
+                from None
+        if shape[name] == 0 or shape[name] < -1:
+            raise CliError(f"--mesh {text!r}: sizes must be positive or -1")
+    return shape
