@@ -313,7 +313,18 @@ def audio_features() -> tfds.features.FeaturesDict:
     })
 
 
-class AudioFolder(tfds.core.GeneratorBasedBuilder):
+class LocalBuilder(tfds.core.GeneratorBasedBuilder):
+    """A builder of local data. TFDS prints "Downloading and preparing dataset Unknown size ..." and "Dataset ...
+    downloaded and prepared to ..." on stdout: nothing is downloaded here, and the caller says where it went."""
+
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
+
+class AudioFolder(LocalBuilder):
     """A folder of audio files as a TFDS dataset (see the module docstring).
 
     Prepared data lands in `<data_dir>/audio_folder/1.0.0/`; `prepare_audio_folder` reuses it only while it
@@ -372,14 +383,6 @@ class AudioFolder(tfds.core.GeneratorBasedBuilder):
             features=audio_features(),
             metadata=tfds.core.MetadataDict(self._metadata),
         )
-
-    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "Dataset ... downloaded and prepared
-    # to ..." on stdout: there is nothing to download from a local folder, and the caller says where it went.
-    def _log_download_bytes(self) -> None:
-        pass
-
-    def _log_download_done(self) -> None:
-        pass
 
     def provenance(self) -> dict:
         """What a dataset prepared now records it was made from (see the module docstring); JSON-able."""

@@ -161,7 +161,7 @@ def _codec_changes(stored: Optional[Mapping], wanted: Optional[Mapping]) -> list
     return audio_folder.mapping_changes("codec", "its codec was", stored, wanted)
 
 
-class CodesDataset(tfds.core.GeneratorBasedBuilder):
+class CodesDataset(audio_folder.LocalBuilder):
     """Codec codes (+ semantic ids) as a TFDS dataset (see the module docstring).
 
     Prepared data lands in `<data_dir>/codes_dataset/1.0.0/`; `prepare_codes_dataset` reuses it only while it
@@ -269,13 +269,6 @@ class CodesDataset(tfds.core.GeneratorBasedBuilder):
             # the parts written by several processes, concatenated, are exactly the one-process dataset.
             disable_shuffling=self._audio_source is not None,
         )
-
-    # No "Downloading and preparing dataset Unknown size ..." / "... downloaded and prepared to ..." on stdout.
-    def _log_download_bytes(self) -> None:
-        pass
-
-    def _log_download_done(self) -> None:
-        pass
 
     def provenance(self) -> dict:
         """What a dataset prepared now records it was made from (see the module docstring); JSON-able."""
