@@ -204,7 +204,7 @@ def _absolute(path: str) -> str:
 @contextlib.contextmanager
 def _stale_is_bad_input(codec):
     """A dataset in OUT made from something else: one line naming what changed and --overwrite."""
-    from soundstorm_jax.data.audio_folder import StaleDatasetError
+    from soundstorm_jax.data.provenance import StaleDatasetError
     try:
         yield
     except StaleDatasetError as e:

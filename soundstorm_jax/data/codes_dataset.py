@@ -48,7 +48,7 @@ import tqdm
 from etils import epath
 
 from soundstorm_jax import paths
-from soundstorm_jax.data import audio_folder, audio_io
+from soundstorm_jax.data import audio_folder, audio_io, provenance
 
 EncodeFn = Callable[[np.ndarray], Any]
 """(batch, samples) float32 in [-1, 1] -> codes (batch, frames, levels) ints."""
@@ -158,7 +158,7 @@ def _codec_changes(stored: Optional[Mapping], wanted: Optional[Mapping]) -> list
         return [("codec", f"it was made with {was}; this one is {now}")]
     if (stored or {}).get("weights_sha256") != (wanted or {}).get("weights_sha256"):
         return [("codec", f"it was made with {was}, whose weights have changed since (retrained?)")]
-    return audio_folder.mapping_changes("codec", "its codec was", stored, wanted)
+    return provenance.mapping_changes("codec", "its codec was", stored, wanted)
 
 
 class CodesDataset(audio_folder.LocalBuilder):
@@ -240,10 +240,10 @@ class CodesDataset(audio_folder.LocalBuilder):
         self._share = (int(share[0]), int(share[1]))
         self._batches = {}  # split -> this share's batches of record indices
         self._metadata = dict(metadata or {})
-        self._metadata.pop(audio_folder.PROVENANCE, None)  # The builder's own record, not the caller's (nor the
+        self._metadata.pop(provenance.PROVENANCE, None)  # The builder's own record, not the caller's (nor the
         # audio dataset's, when its metadata is passed on).
-        self._settings = audio_folder.jsonable(self._metadata)
-        self._codec = None if codec is None else audio_folder.jsonable(dict(codec))
+        self._settings = provenance.jsonable(self._metadata)
+        self._codec = None if codec is None else provenance.jsonable(dict(codec))
         self._provenance = None
         self._metadata.update(codebook_size=codebook_size)
         if num_levels is not None:
@@ -276,15 +276,15 @@ class CodesDataset(audio_folder.LocalBuilder):
             record = {"codebook_size": self._codebook_size, "num_levels": self._num_levels,
                       "settings": self._settings}
             if self._npy_files is not None:
-                record.update(source=audio_folder.absolute_path(self._npy_dir),
-                              files=audio_folder.source_files(self._npy_dir, _npy_sources),
+                record.update(source=provenance.absolute_path(self._npy_dir),
+                              files=provenance.source_files(self._npy_dir, _npy_sources),
                               split=audio_folder.split_settings(self._npy_dir, self._validation_fraction,
                                                                 self._split_seed))
             elif self._audio_source is not None:
                 meta = dict(self._audio_source.info.metadata or {})
-                record.update(audio={"dataset": audio_folder.absolute_path(os.fspath(self._audio_source.data_dir)),
+                record.update(audio={"dataset": provenance.absolute_path(os.fspath(self._audio_source.data_dir)),
                                      "sample_rate": meta.get("sample_rate"),
-                                     "provenance_sha256": audio_folder.digest(meta.get(audio_folder.PROVENANCE))},
+                                     "provenance_sha256": provenance.digest(meta.get(provenance.PROVENANCE))},
                               codec=self._codec, samples_per_frame=self._samples_per_frame)
             self._provenance = record
         return self._provenance
@@ -292,9 +292,9 @@ class CodesDataset(audio_folder.LocalBuilder):
     def changes(self) -> list[tuple[str, str]]:
         """What differs between the prepared dataset's record and `provenance()`: (key, clause) pairs, empty
         when it may be reused."""
-        stored, wanted = (self.info.metadata or {}).get(audio_folder.PROVENANCE), self.provenance()
+        stored, wanted = (self.info.metadata or {}).get(provenance.PROVENANCE), self.provenance()
         if not stored:
-            return [audio_folder.NO_PROVENANCE]
+            return [provenance.NO_PROVENANCE]
         if ("audio" in stored) != ("audio" in wanted):
             def source(record):
                 return (f"encoded from the audio dataset {record['audio']['dataset']}" if "audio" in record
@@ -313,20 +313,20 @@ class CodesDataset(audio_folder.LocalBuilder):
             codec_changed = any(key == "codec" for key, _ in found)
             shape = {k: wanted[k] for k in ("codebook_size", "num_levels", "samples_per_frame")}
         else:
-            found += audio_folder.file_changes(stored.get("files") or {}, wanted["files"], wanted["source"])
-            found += audio_folder.split_changes(stored.get("split"), wanted["split"])
+            found += provenance.file_changes(stored.get("files") or {}, wanted["files"], wanted["source"])
+            found += provenance.split_changes(stored.get("split"), wanted["split"])
             codec_changed = False
             shape = {k: wanted[k] for k in ("codebook_size", "num_levels")}
         if not codec_changed:  # A new codec explains its own shape and rates.
-            found += audio_folder.mapping_changes("shape", "it held", {k: stored.get(k) for k in shape}, shape)
+            found += provenance.mapping_changes("shape", "it held", {k: stored.get(k) for k in shape}, shape)
         if not found:  # The caller's metadata (rates, the audio dataset's facts): only when nothing above explains it.
-            found += audio_folder.mapping_changes("settings", "its recorded settings were", stored.get("settings"),
+            found += provenance.mapping_changes("settings", "its recorded settings were", stored.get("settings"),
                                                   wanted["settings"])
         return found
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        self.info.metadata[audio_folder.PROVENANCE] = self.provenance()
+        self.info.metadata[provenance.PROVENANCE] = self.provenance()
         if self._npy_files is not None:
             splits = audio_folder.split_files(self._npy_files, self._npy_dir,
                                               validation_fraction=self._validation_fraction,
