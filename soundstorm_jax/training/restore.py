@@ -53,7 +53,7 @@ def rebuild(workdir: str, *, kind: Optional[str] = None, mesh: Optional[Mesh] = 
     if "grad_accum_steps" in config.optimizer:
         config.optimizer.grad_accum_steps = 1
     if found == "soundstorm":  # Never the codes dataset: config.json holds what it decided (older runs: defaults).
-        from soundstorm_jax.training.soundstorm_task import fill_without_data
+        from soundstorm_jax.training.model_from_data import fill_without_data
         fill_without_data(config)
     return config, trainer.build_task(config, mesh)
 

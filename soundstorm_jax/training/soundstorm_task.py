@@ -12,13 +12,8 @@ names -> `config.mesh.rules`), and XLA's SPMD partitioner adds the gradient
 all-reduce (data), the weight all-gathers and gradient reduce-scatters (fsdp)
 and the tensor-parallel collectives. The state is donated.
 
-The model agrees with its data by construction: the codebook size, the number
-of levels (code columns), the frame rate and, when the dataset has them, the
-semantic vocabulary and rate are the codes dataset's (its metadata) wherever
-the config leaves them unset (`placeholder`s in the packaged configs), filled
-into the config when the task is built, so the run's config.json holds them; a
-value the config sets that disagrees with the dataset is a ConfigError naming
-both and the flag that fixes it (`resolve_from_codes`).
+The model agrees with its data by construction: the fields the config leaves
+unset come from the codes dataset when the task is built (model_from_data.py).
 
 Gradient accumulation is a `lax.scan` over microbatches inside the step, not
 `optax.MultiSteps`: the loss is a mean over *target tokens*, whose number
@@ -45,6 +40,8 @@ from soundstorm_jax import ConformerWrapper, SoundStorm
 from soundstorm_jax.data import PipelineConfig, config_from_dict
 from soundstorm_jax.training import config as config_lib, metrics as metrics_lib, optimizer as optimizer_lib, \
     sharding
+from soundstorm_jax.training.model_from_data import fill_without_data, get_field, resolve_from_codes, \
+    unresolved_fields
 from soundstorm_jax.training.state import TrainState
 from soundstorm_jax.training.trainer import JitStep, keep_if_finite, open_dataset
 
@@ -55,196 +52,8 @@ LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict]]
 PIPELINE_KEYS = ("batch_size", "max_frames", "frame_rate", "semantic_rate", "code_pad_value",
                  "num_threads", "prefetch_buffer_size")
 HOW_TO_PREPARE = "prepare one with `soundstorm prepare --audio AUDIO_DIR --codec CODEC_WORKDIR --out DIR`"
-DEFAULT_FRAME_RATE = 50.0
-"""config.data.frame_rate when neither the config nor the codes dataset gives one (e.g. `.npy` codes)."""
 
 log = logging.getLogger(__name__)
-
-
-# ---- the fields the codes dataset decides ----------------------------------------------------------------
-
-_FROM_DATA = ("model.codebook_size", "model.num_quantizers", "data.frame_rate", "model.num_semantic_token_ids")
-_SEMANTIC = ("data.semantic_rate", "model.acoustic_per_semantic")
-
-
-def _get(config: Any, path: str) -> Any:
-    section, key = path.split(".")
-    return config[section].get(key)
-
-
-def _set(config: Any, path: str, value: Any) -> None:
-    section, key = path.split(".")
-    with config[section].unlocked():
-        config[section][key] = value
-
-
-def unresolved_fields(config: Any) -> list[str]:
-    """The fields ('model.codebook_size', ...) `config` leaves for the codes dataset to decide."""
-    missing = [path for path in _FROM_DATA if _get(config, path) is None]
-    if _get(config, "model.num_semantic_token_ids"):
-        missing += [path for path in _SEMANTIC if _get(config, path) is None]
-    return missing
-
-
-def fill_without_data(config: Any) -> None:
-    """What a config gets without a codes dataset, in place: data.frame_rate `DEFAULT_FRAME_RATE`, no semantic
-    conditioning (num_semantic_token_ids 0) and acoustic_per_semantic from the two rates when both are set.
-
-    A workdir's config.json (written when its run started) never needs this, except from before the dataset
-    decided these fields, when an unset vocabulary meant no conditioning.
-    """
-    if _get(config, "data.frame_rate") is None:
-        _set(config, "data.frame_rate", DEFAULT_FRAME_RATE)
-    if _get(config, "model.num_semantic_token_ids") is None:
-        _set(config, "model.num_semantic_token_ids", 0)
-    if (_get(config, "model.num_semantic_token_ids") and _get(config, "model.acoustic_per_semantic") is None
-            and _get(config, "data.semantic_rate")):
-        _set(config, "model.acoustic_per_semantic",
-             float(_get(config, "data.frame_rate")) / float(_get(config, "data.semantic_rate")))
-
-
-def _codec_record(metadata: Mapping[str, Any]) -> Any:
-    """What the dataset records of the codec that encoded it (its provenance's `codec`, as `soundstorm prepare`
-    writes it: workdir or EnCodec file, levels, rates), or None."""
-    provenance = metadata.get("provenance")
-    codec = provenance.get("codec") if isinstance(provenance, Mapping) else None
-    return codec or metadata.get("codec")
-
-
-def _made_with(metadata: Mapping[str, Any]) -> str:
-    """' (codec /abs/runs/codec)' or ' (EnCodec FILE)' when the dataset records what encoded it, else ''."""
-    codec = _codec_record(metadata)
-    if isinstance(codec, Mapping):
-        if codec.get("encodec"):
-            return f" (EnCodec {codec['encodec']})"
-        codec = next((codec[k] for k in ("workdir", "path", "file", "checkpoint") if codec.get(k)), None)
-    return f" (codec {codec})" if isinstance(codec, str) and codec else ""
-
-
-def _number(value: Any) -> str:
-    return f"{float(value):g}" if isinstance(value, float) else str(value)
-
-
-def resolve_from_codes(config: Any, metadata: Mapping[str, Any], *, where: str,
-                       levels: Optional[int] = None) -> dict[str, Any]:
-    """Fills `config`'s unset data-decided fields from a codes dataset and checks the ones it sets, in place.
-
-    The fields: model.codebook_size (metadata `codebook_size`), model.num_quantizers (`num_levels`, divided by
-    model.grouped_quantizers), data.frame_rate (`frame_rate`, else the recorded codec's, else `sample_rate /
-    hop_length`, else `DEFAULT_FRAME_RATE`), model.num_semantic_token_ids (`semantic_vocab_size`; else 0, no semantic
-    conditioning), data.semantic_rate (`semantic_rate`) and model.acoustic_per_semantic (frame_rate /
-    semantic_rate). A config value that disagrees with the dataset is a ConfigError naming both and the flag.
-
-    Args:
-      metadata: the dataset's metadata (`builder.info.metadata`).
-      where: the dataset as the config names it (config.data.dir), for messages.
-      levels: the dataset's code columns when its metadata has no `num_levels` (the codes feature's shape).
-
-    Returns:
-      {field: value} of the fields filled from the dataset (or a default where it records nothing).
-    """
-    meta = dict(metadata or {})
-    source, made_with = f"the codes dataset {where}", _made_with(meta)
-    from_workdir = config_lib.taken_from_workdir(config)
-    filled: dict[str, Any] = {}
-
-    def conflict(path: str, value: Any, has: str, fix: Any, note: str = "", *,
-                 but: Optional[str] = None, unset: str = "take the dataset's") -> config_lib.ConfigError:
-        but = but or f"{source} has {has}{made_with}"
-        if path in from_workdir:  # A resumed run's own model, from its config.json: the data changed, not the run.
-            return config_lib.ConfigError(
-                f"config.{path} is {value}{note} in the run being resumed ({from_workdir[path]}/config.json) but "
-                f"{but}; resume it on the codes it was trained on, or train on these in another --workdir")
-        return config_lib.ConfigError(
-            f"config.{path} is {value}{note} but {but}; set --config.{path}={fix} or leave it unset to {unset}")
-
-    def fill(path: str, value: Any) -> None:
-        _set(config, path, value)
-        filled[path] = value
-
-    # Codebook size.
-    size, current = meta.get("codebook_size"), _get(config, "model.codebook_size")
-    if size is not None:
-        size = int(size)
-        if current is None:
-            fill("model.codebook_size", size)
-        elif int(current) != size:
-            raise conflict("model.codebook_size", current, f"codebook size {size}", size)
-    elif current is None:
-        raise config_lib.ConfigError(f"config.model.codebook_size is unset and {source} records no codebook size; "
-                                     f"set --config.model.codebook_size=K")
-
-    # Levels (code columns: num_quantizers x grouped_quantizers).
-    columns = meta.get("num_levels", levels)
-    groups = int(_get(config, "model.grouped_quantizers") or 1)
-    current = _get(config, "model.num_quantizers")
-    if columns is not None:
-        columns = int(columns)
-        has = f"{columns} levels" if groups == 1 else f"{columns} code columns"
-        if columns % groups:
-            raise config_lib.ConfigError(
-                f"config.model.grouped_quantizers is {groups} but {source} has {has}{made_with}, not a multiple of "
-                f"it; set --config.model.grouped_quantizers to a divisor of {columns}")
-        if current is None:
-            fill("model.num_quantizers", columns // groups)
-        elif int(current) * groups != columns:
-            note = "" if groups == 1 else f" (x grouped_quantizers {groups} = {int(current) * groups} code columns)"
-            raise conflict("model.num_quantizers", current, has, columns // groups, note)
-    elif current is None:
-        raise config_lib.ConfigError(f"config.model.num_quantizers is unset and {source} records no number of "
-                                     f"levels; set --config.model.num_quantizers=Q")
-
-    # Frame rate.
-    rate, current = meta.get("frame_rate"), _get(config, "data.frame_rate")
-    codec = _codec_record(meta)
-    if rate is None and isinstance(codec, Mapping):
-        rate = codec.get("frame_rate")
-    if rate is None and meta.get("sample_rate") and meta.get("hop_length"):
-        rate = float(meta["sample_rate"]) / float(meta["hop_length"])
-    if rate is not None:
-        rate = float(rate)
-        if current is None:
-            fill("data.frame_rate", rate)
-        elif not math.isclose(float(current), rate, rel_tol=1e-6):
-            raise conflict("data.frame_rate", _number(float(current)), f"frame rate {rate:g} frames/s", f"{rate:g}")
-    elif current is None:
-        fill("data.frame_rate", DEFAULT_FRAME_RATE)
-        log.info("%s records no frame rate: config.data.frame_rate is %g (set --config.data.frame_rate=FRAMES_PER_S "
-                 "for the codec's)", source, DEFAULT_FRAME_RATE)
-
-    # Semantic vocabulary and rate.
-    vocab, current = meta.get("semantic_vocab_size"), _get(config, "model.num_semantic_token_ids")
-    if current is None:
-        fill("model.num_semantic_token_ids", 0 if vocab is None else int(vocab))
-    elif current and vocab is not None and int(current) != int(vocab):
-        raise conflict("model.num_semantic_token_ids", current, f"a semantic vocabulary of {int(vocab)} ids",
-                       int(vocab))
-    vocab = _get(config, "model.num_semantic_token_ids")
-    if vocab:
-        rate, current = meta.get("semantic_rate"), _get(config, "data.semantic_rate")
-        if rate is not None:
-            rate = float(rate)
-            if current is None:
-                fill("data.semantic_rate", rate)
-            elif not math.isclose(float(current), rate, rel_tol=1e-6):
-                raise conflict("data.semantic_rate", _number(float(current)), f"semantic rate {rate:g} tokens/s",
-                               f"{rate:g}")
-        elif current is None:
-            raise config_lib.ConfigError(
-                f"config.model.num_semantic_token_ids is {vocab} but config.data.semantic_rate is unset and {source} "
-                f"records no semantic rate; set --config.data.semantic_rate=TOKENS_PER_S (or "
-                f"--config.model.num_semantic_token_ids=0 to train without semantic conditioning)")
-        frame_rate, semantic_rate = float(_get(config, "data.frame_rate")), float(_get(config, "data.semantic_rate"))
-        ratio, current = frame_rate / semantic_rate, _get(config, "model.acoustic_per_semantic")
-        if current is None:
-            fill("model.acoustic_per_semantic", ratio)
-        elif not math.isclose(float(current), ratio, rel_tol=1e-6):
-            raise conflict("model.acoustic_per_semantic", _number(float(current)), "", f"{ratio:g}",
-                           but=f"config.data.frame_rate / config.data.semantic_rate is {frame_rate:g} / "
-                               f"{semantic_rate:g} = {ratio:g} (frames per semantic token)", unset="derive it")
-    if filled:
-        log.info("from %s: %s", source, ", ".join(f"{path}={_number(value)}" for path, value in filled.items()))
-    return filled
 
 
 # ---- config -> model and inputs --------------------------------------------------------------------------
@@ -417,8 +226,8 @@ class SoundStormTask:
         config_lib.check_config(config)
         self._builder = None
         if unresolved_fields(config):  # The codes dataset decides them (resolve_from_codes), in place.
-            if config.data.get("dir") or _get(config, "model.codebook_size") is None or \
-                    _get(config, "model.num_quantizers") is None:
+            if config.data.get("dir") or get_field(config, "model.codebook_size") is None or \
+                    get_field(config, "model.num_quantizers") is None:
                 self._builder = self._open_builder()
                 metadata, facts = self._facts(self._builder)
                 resolve_from_codes(config, metadata, where=str(config.data.dir), **facts)
@@ -550,6 +359,5 @@ class SoundStormTask:
         return record
 
 
-__all__ = ["DEFAULT_FRAME_RATE", "SoundStormTask", "build_model", "combine_metrics", "fill_without_data", "gradients",
-           "host_batch", "model_loss_fn", "resolve_from_codes", "sample_inputs", "split_microbatches", "train_step_fn",
-           "unresolved_fields"]
+__all__ = ["SoundStormTask", "build_model", "combine_metrics", "gradients", "host_batch", "model_loss_fn",
+           "sample_inputs", "split_microbatches", "train_step_fn"]
