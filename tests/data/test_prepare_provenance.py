@@ -5,8 +5,6 @@ Each case runs the command line's `main` in this process (what the console scrip
 tiny codec trained for a single step (module fixture); a second "codec" is a copy of its workdir, which is another
 codec as far as the codes dataset is concerned (another workdir).
 """
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -14,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile
+from test_cli_messages import run_main  # `soundstorm ARGS` in this process: (exit status, stdout, stderr)
 
 RATE = 16000
 CODEC_ARGS = ["--config.total_steps=1", "--config.checkpoint.every_steps=1", "--config.logging.every_steps=1",
@@ -25,24 +24,15 @@ CODEC_ARGS = ["--config.total_steps=1", "--config.checkpoint.every_steps=1", "--
               "--config.compiler_options.xla_llvm_disable_expensive_passes=True"]
 
 
-def soundstorm(*args):
-    """(exit code, stdout, stderr) of `soundstorm ARGS` run in this process."""
-    from soundstorm_jax.cli.main import main
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main([str(a) for a in args])
-    return code, stdout.getvalue(), stderr.getvalue()
-
-
 def ok(*args):
-    code, stdout, stderr = soundstorm("--json", *args)
+    code, stdout, stderr = run_main("--json", *args)
     assert code == 0, (code, stdout[-2000:], stderr[-3000:])
     return json.loads(stdout.strip().splitlines()[-1]), stderr
 
 
 def refused(*args):
     """Exit status 2 with one `error: ...` line and no traceback; returns the message."""
-    code, stdout, stderr = soundstorm(*args)
+    code, stdout, stderr = run_main(*args)
     assert code == 2, (code, stdout[-2000:], stderr[-3000:])
     assert "Traceback" not in stderr, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
@@ -156,13 +146,13 @@ def test_bad_files_and_other_rates_name_the_flags_and_tfds_stays_quiet(tmp_path)
     (root / "spk1" / "broken.wav").write_bytes(b"RIFF not really a wave file")
     message = refused("prepare", "--audio", root, "--out", tmp_path / "o1")
     assert "broken.wav" in message and "--skip-bad-files" in message
-    code, stdout, stderr = soundstorm("prepare", "--audio", root, "--out", tmp_path / "o2", "--skip-bad-files")
+    code, stdout, stderr = run_main("prepare", "--audio", root, "--out", tmp_path / "o2", "--skip-bad-files")
     assert code == 0, stderr
     assert "skipped 1 unreadable file(s)" in stdout
     # TFDS's own lines about downloading are noise for a local folder.
     assert "Downloading and preparing" not in stdout + stderr and "downloaded and prepared" not in stdout + stderr
     # Reused with the same flags: the skipped file is reported again.
-    code, stdout, _ = soundstorm("prepare", "--audio", root, "--out", tmp_path / "o2", "--skip-bad-files")
+    code, stdout, _ = run_main("prepare", "--audio", root, "--out", tmp_path / "o2", "--skip-bad-files")
     assert code == 0 and "skipped 1 unreadable file(s)" in stdout
     os.remove(root / "spk1" / "broken.wav")
 
@@ -171,7 +161,7 @@ def test_bad_files_and_other_rates_name_the_flags_and_tfds_stays_quiet(tmp_path)
     assert "fast.wav" in message and "22050 Hz" in message and "--no-resample" in message
     message = refused("prepare", "--audio", root, "--out", tmp_path / "o4")  # The first file (fast.wav) fixes the rate.
     assert "spk1-0.wav" in message and "22050 Hz" in message and "--sample-rate" in message
-    code, _, stderr = soundstorm("prepare", "--audio", root, "--out", tmp_path / "o5", "--sample-rate", RATE)
+    code, _, stderr = run_main("prepare", "--audio", root, "--out", tmp_path / "o5", "--sample-rate", RATE)
     assert code == 0 and "note: resampled 1 file(s) from 22050 Hz to 16000 Hz" in stderr, stderr
 
 
@@ -193,7 +183,7 @@ def codec_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("codec")
     wavs = write_speakers(root / "wavs", per_speaker=4)  # 11 training clips: a batch of 8 (one per device).
     ok("prepare", "--audio", wavs, "--out", root / "data", "--sample-rate", RATE)
-    code, _, stderr = soundstorm("--quiet", "train", "--config", "codec_tiny", "--workdir", root / "run",
+    code, _, stderr = run_main("--quiet", "train", "--config", "codec_tiny", "--workdir", root / "run",
                                  f"--config.data.dir={root / 'data' / 'audio'}", *CODEC_ARGS)
     assert code == 0, stderr[-3000:]
     return str(root / "run")
