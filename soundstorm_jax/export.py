@@ -12,8 +12,9 @@ An export is a folder that every command taking a workdir accepts in its place::
 
 For SoundStorm the variables are ``{'params': EMA parameters (raw when the run
 keeps no EMA)}``; for a codec ``{'params': the generator's, 'vq_stats': its
-codebooks}``: no optimizer state, no discriminators, no data iterator. Paths
-may be gs://.
+codebooks}``: no optimizer state, no discriminators, no data iterator. Paths go
+through etils.epath like the rest of the package (exports to gs:// are not yet
+tested against the emulator).
 """
 from __future__ import annotations
 

@@ -209,10 +209,10 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder):
     downloaded and prepared to ..." on stdout: nothing is downloaded here, and the caller says where it went."""
 
     def _log_download_bytes(self) -> None:
-        pass
+        """Says nothing: there is no download."""
 
     def _log_download_done(self) -> None:
-        pass
+        """Says nothing: the caller reports where the dataset went."""
 
 
 class AudioFolder(LocalBuilder):

@@ -20,6 +20,7 @@ generation example by example.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -65,24 +66,30 @@ def pad_batch(inputs: dict, ways: int) -> tuple[dict, int]:
     return out, b
 
 
-def parameter_shardings(model, variables, mesh: Mesh, rules: sharding.Rules, inputs: dict,
-                        fsdp_min_size: int) -> Any:
-    """NamedShardings for (unboxed) `variables`: the logical names `model.init` gives each parameter."""
+@functools.lru_cache(maxsize=16)
+def logical_names(model) -> dict:
+    """{tree path: nn.Partitioned} of the parameters `model.init` creates (their shapes do not depend on the
+    input's length, so one small abstract init per model serves every call); {} when init cannot be traced
+    from codes (an attached codec takes audio)."""
     net = model.net
-    codes = jax.ShapeDtypeStruct((1,) + inputs["codes"].shape[1:], jnp.int32)
-    valid = jax.ShapeDtypeStruct((1, inputs["codes"].shape[1]), jnp.bool_)
-    semantic = inputs.get("semantic_ids")
+    frames = 8
+    codes = jax.ShapeDtypeStruct((1, frames, net.num_columns), jnp.int32)
+    valid = jax.ShapeDtypeStruct((1, frames), jnp.bool_)
     kwargs = {}
     if net.num_semantic_token_ids is not None:
-        width = semantic.shape[1] if semantic is not None else 1
-        kwargs["semantic_ids"] = jax.ShapeDtypeStruct((1, width), jnp.int32)
+        kwargs["semantic_ids"] = jax.ShapeDtypeStruct((1, frames), jnp.int32)
     rngs = {name: jax.random.key(0) for name in ("params", "masking", "dropout")}
     try:
         boxed = jax.eval_shape(lambda c, v, **kw: model.init(rngs, c, v, **kw), codes, valid, **kwargs)
-    except Exception:  # A model init cannot trace this way (an attached codec takes audio): names unknown.
-        boxed = {}
-    named = {path: leaf for path, leaf in jax.tree_util.tree_flatten_with_path(
+    except Exception:  # Without names every parameter follows the fallback rule.
+        return {}
+    return {path: leaf for path, leaf in jax.tree_util.tree_flatten_with_path(
         boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]}
+
+
+def parameter_shardings(model, variables, mesh: Mesh, rules: sharding.Rules, fsdp_min_size: int) -> Any:
+    """NamedShardings for (unboxed) `variables`: the logical names `model.init` gives each parameter."""
+    named = logical_names(model)
 
     def place(path, leaf):
         box = named.get(path)
@@ -109,6 +116,5 @@ def place_on_mesh(model, variables, inputs: dict, mesh: Mesh, rules: sharding.Ru
             placed[name] = jax.device_put(value, rows if per_example else replicated)
     placed["scalars"] = jax.device_put(inputs["scalars"], replicated)
     variables = nn.unbox(variables)
-    variables = jax.device_put(variables, parameter_shardings(model, variables, mesh, rules, inputs,
-                                                              fsdp_min_size))
+    variables = jax.device_put(variables, parameter_shardings(model, variables, mesh, rules, fsdp_min_size))
     return variables, placed, b

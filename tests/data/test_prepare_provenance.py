@@ -12,7 +12,7 @@ import shutil
 import numpy as np
 import pytest
 import soundfile
-from test_cli_messages import run_main  # `soundstorm ARGS` in this process: (exit status, stdout, stderr)
+from test_cli_messages import bad_input, run_main  # `soundstorm ARGS` in this process
 
 RATE = 16000
 CODEC_ARGS = ["--config.total_steps=1", "--config.checkpoint.every_steps=1", "--config.logging.every_steps=1",
@@ -31,16 +31,12 @@ def ok(*args):
 
 
 def refused(*args):
-    """Exit status 2 with one `error: ...` line and no traceback; returns the message."""
-    code, stdout, stderr = run_main(*args)
-    assert code == 2, (code, stdout[-2000:], stderr[-3000:])
-    assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, stderr
-    # Advice for command-line users names flags, never Python functions or arguments.
-    assert "prepare_codes_dataset" not in errors[0] and "allow_resample" not in errors[0], errors[0]
-    assert "overwrite=True" not in errors[0], errors[0]
-    return errors[0]
+    """`bad_input` (exit 2, one `error: ...` line, no traceback), whose advice names flags, never Python
+    functions or arguments; returns the message."""
+    message = bad_input(*args)
+    assert "prepare_codes_dataset" not in message and "allow_resample" not in message, message
+    assert "overwrite=True" not in message, message
+    return message
 
 
 def tone(seconds, rate=RATE, freq=440.0, seed=0):
