@@ -77,29 +77,53 @@ def _frame_lengths(num_frames, batch_size, lengths, mask, semantic_ids, net):
 
 
 def _prompt_tokens(prompt, b: int, valid: np.ndarray, net):
-    """Validated prompt ``(b, P, Qp)`` and the fixed-token mask ``(b, n, c)``."""
+    """Validated prompt ``(b, P, Qp)`` and the fixed-token mask ``(b, n, c)``.
+
+    ``prompt`` is one array for every example (``(P, Qp)`` or ``(b, P, Qp)``) or
+    a list of ``b`` arrays ``(P_i, Qp_i)`` / None, one per example (ragged: each
+    fixes only its own frames and levels; the rest of the returned array is 0).
+    """
     n, c = valid.shape[1], net.num_columns
     fixed = np.zeros((b, n, c), bool)
     if prompt is None:
         return None, fixed
-    prompt = np.asarray(prompt)
-    if prompt.ndim == 2:
-        prompt = np.broadcast_to(prompt, (b,) + prompt.shape)
-    if prompt.ndim != 3 or prompt.shape[0] != b:
-        raise ValueError(f"prompt must have shape (batch={b}, prompt frames, levels) or (prompt frames, levels), "
-                         f"got {np.shape(prompt)}")
-    p, qp = prompt.shape[1:]
-    if qp < 1 or qp > c:
-        raise ValueError(f"prompt has {qp} levels; it may give the first 1 to {c} levels")
-    if p < 1:
-        raise ValueError("prompt must hold at least one frame")
-    shortest = int(valid.sum(axis=1).min())
-    if p > shortest:
-        raise ValueError(f"prompt has {p} frames but the output has only {shortest} valid frames "
-                         f"(num_frames={n}); the prompt must not be longer than the output")
-    validation.check_codes(prompt, codebook_size=net.codebook_size, num_quantizers=qp, name="prompt")
-    fixed[:, :p, :qp] = True
-    return prompt.astype(np.int32), fixed
+    if isinstance(prompt, (list, tuple)):
+        if len(prompt) != b:
+            raise ValueError(f"prompt as a list must hold one array (or None) per example ({b}), got {len(prompt)}")
+        prompts = [None if p is None else np.asarray(p) for p in prompt]
+    else:
+        prompt = np.asarray(prompt)
+        if prompt.ndim == 2:
+            prompt = np.broadcast_to(prompt, (b,) + prompt.shape)
+        if prompt.ndim != 3 or prompt.shape[0] != b:
+            raise ValueError(f"prompt must have shape (batch={b}, prompt frames, levels) or (prompt frames, levels), "
+                             f"got {np.shape(prompt)}")
+        prompts = list(prompt)
+    lengths = valid.sum(axis=1)
+    for i, p in enumerate(prompts):
+        if p is None:
+            continue
+        where = f"prompt[{i}]" if isinstance(prompt, (list, tuple)) else "prompt"
+        if p.ndim != 2:
+            raise ValueError(f"{where} must have shape (prompt frames, levels), got {p.shape}")
+        if p.shape[1] < 1 or p.shape[1] > c:
+            raise ValueError(f"{where} has {p.shape[1]} levels; it may give the first 1 to {c} levels")
+        if p.shape[0] < 1:
+            raise ValueError(f"{where} must hold at least one frame")
+        if p.shape[0] > lengths[i]:
+            raise ValueError(f"{where} has {p.shape[0]} frames but the output has only {int(lengths[i])} valid "
+                             f"frames (num_frames={n}); the prompt must not be longer than the output")
+        validation.check_codes(p[None], codebook_size=net.codebook_size, num_quantizers=p.shape[1], name=where)
+        fixed[i, :p.shape[0], :p.shape[1]] = True
+    if all(p is None for p in prompts):
+        return None, fixed
+    frames = max(p.shape[0] for p in prompts if p is not None)
+    levels = max(p.shape[1] for p in prompts if p is not None)
+    out = np.zeros((b, frames, levels), np.int32)
+    for i, p in enumerate(prompts):
+        if p is not None:
+            out[i, :p.shape[0], :p.shape[1]] = p
+    return out, fixed
 
 
 def model_functions(model, variables, valid, condition, guidance_scale=None, use_critic: bool = False):
@@ -224,8 +248,10 @@ def prepare_inputs(model, num_frames: int | None = None, *, key, batch_size: int
     valid = np.pad(valid, ((0, 0), (0, pad)))
     fixed = np.pad(fixed, ((0, 0), (0, pad), (0, 0)))
     codes = np.full((b, padded_n, net.num_columns), net.mask_id, np.int32)
-    if prompt is not None:
-        codes[:, :prompt.shape[1], :prompt.shape[2]] = prompt
+    if prompt is not None:  # Only the fixed tokens: a ragged prompt's zeros elsewhere stay [MASK].
+        region = codes[:, :prompt.shape[1], :prompt.shape[2]]
+        codes[:, :prompt.shape[1], :prompt.shape[2]] = np.where(fixed[:, :prompt.shape[1], :prompt.shape[2]],
+                                                                prompt, region)
     if cond is not None and np.ndim(cond) == 3:
         cond = jnp.pad(jnp.asarray(cond), ((0, 0), (0, pad), (0, 0)))
 
@@ -266,7 +292,8 @@ def generate(model, variables, num_frames: int | None = None, *, pad_value: int 
         mask, True = valid, valid frames first: a mask with left padding or
         holes is a ``ValueError``); padded frames come back as ``pad_value``.
       prompt: acoustic prompt codes ``(b, P, Qp)`` or ``(P, Qp)`` for the first
-        ``P`` frames and first ``Qp`` levels, kept bit for bit.
+        ``P`` frames and first ``Qp`` levels, kept bit for bit; or a list of
+        one ``(P_i, Qp_i)`` array (or None) per example.
       semantic_ids: ``(b, m)`` conditioning tokens (pad = the net's
         ``semantic_pad_id``); their length sets ``num_frames`` when not given.
       cond: precomputed conditioning ``(b, n, d)`` or ``(b, d)``.
