@@ -4,37 +4,21 @@ import base64
 import io
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 import soundfile
 
-from soundstorm_jax import SoundStorm
-from soundstorm_jax.codec import SoundStream
-from soundstorm_jax.codec.soundstream import SoundStreamCodec
 from soundstorm_jax.data.phonemes import VOCAB_SIZE
 from soundstorm_jax.model.wrapper import semantic_frames
 from soundstorm_jax.sampler import generate
 from soundstorm_jax.sampler.generate import _program
-from soundstorm_jax.serving import Engine, RequestError, parse_request
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-from tiny import init_model, random_codes, tiny_net
-
-SAMPLE_RATE = 8000
+from soundstorm_jax.serving import RequestError, parse_request
+from tiny import SAMPLE_RATE, tiny_engine
 
 
 @pytest.fixture(scope="module")
 def engine():
-    """A tiny random SoundStorm on phoneme ids (text works) with a tiny random causal codec (hop 8)."""
-    net = tiny_net(codebook_size=16, num_quantizers=3, num_semantic_token_ids=VOCAB_SIZE)
-    model = SoundStorm(net, steps=3, cond_drop_prob=0.2)
-    variables = init_model(model, random_codes(0, (1, 8, 3)), semantic_ids=np.ones((1, 8), np.int32))
-    stream = SoundStream(codebook_size=16, rq_num_quantizers=3, strides=(2, 4), channels=8, dim=16, attn_depth=0,
-                         causal=True, target_sample_hz=SAMPLE_RATE)
-    codec_vars = jax.jit(lambda: stream.init(jax.random.key(1), np.zeros((1, 64), np.float32)))()
-    codec = SoundStreamCodec(stream, codec_vars, compiler_options=FAST_COMPILE)
-    config = ml_collections.ConfigDict({"data": {"semantic_rate": 100.0}})
-    return Engine(model, variables, config=config, codec=codec, max_batch=4, max_frames=200, frame_bucket=32)
+    return tiny_engine()
 
 
 def request(**fields):
