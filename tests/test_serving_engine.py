@@ -131,3 +131,12 @@ def test_prompt_audio_at_another_rate_is_resampled_with_a_notice(engine):
     job = engine.resolve(request(frames=30, prompt_audio_base64=wav_base64(audio, 16000)))
     assert job.prompt.shape == (25, 3)  # 400 samples at 16 kHz -> 200 at 8 kHz -> 25 frames of 8.
     assert any("16000 Hz; resampled" in n for n in job.notices)
+
+
+def test_an_engine_on_a_mesh_gives_the_single_device_results(engine):
+    from soundstorm_jax.training import sharding
+    requests = [request(frames=f, seed=s) for f, s in ((20, 1), (25, 2), (17, 3))]
+    on_mesh = tiny_engine(mesh=sharding.make_mesh({"data": 4, "fsdp": 1, "tensor": 2}))
+    for alone, sharded in zip(engine.generate(requests), on_mesh.generate(requests)):
+        np.testing.assert_array_equal(sharded.codes, alone.codes)
+        np.testing.assert_array_equal(sharded.audio, alone.audio)
