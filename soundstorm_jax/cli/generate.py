@@ -7,11 +7,18 @@ ones when the run kept them) restored from the latest complete checkpoint
 devices); sample i always uses key i of split(PRNGKey(seed)), so neither the
 batch size nor the mesh changes the result. Codes are written as
 `sample_NNN.npy` (frames, levels); with a codec also `sample_NNN.wav`.
+
+With --requests FILE the samples come from a request file instead (one JSON
+request per line, `serving.request_file`): the flags a request carries are
+refused, the model is loaded once into a `serving.Engine` whose batches hold at
+most --batch-size requests, and the report goes to DIR/report.json.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import os
+import sys
 
 import numpy as np
 from etils import epath
@@ -19,6 +26,16 @@ from etils import epath
 from soundstorm_jax.cli import spectrogram
 from soundstorm_jax.cli.common import (CliError, add_codec_options, codes_dtype, load_codec_from_args, load_codes,
                                        make_out_dir, read_audio, require_file, write_wav)
+from soundstorm_jax.serving.engine import DEFAULT_MAX_BATCH
+
+
+class _Given(argparse.Action):
+    """Stores the value (as 'store') and records the flag in args.request_flags: the flags a request file's
+    requests carry, refused next to --requests even when given their default value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, "request_flags", tuple(getattr(namespace, "request_flags", ())) + (option_string,))
 
 
 def add_parser(subparsers, parents):
@@ -30,42 +47,53 @@ def add_parser(subparsers, parents):
     parser.add_argument("workdir", metavar="WORKDIR", help="a SoundStorm training workdir (config.json + checkpoints)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step to use (default: the latest)")
     add_codec_options(parser, required=False)
-    parser.add_argument("--num-samples", type=int, default=1, help="how many samples to generate (default 1)")
+    parser.add_argument("--num-samples", action=_Given, type=int, default=1,
+                        help="how many samples to generate (default 1)")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--frames", type=int, default=None, help="length of each sample in codec frames")
-    length.add_argument("--seconds", type=float, default=None,
+    length.add_argument("--frames", action=_Given, type=int, default=None,
+                        help="length of each sample in codec frames")
+    length.add_argument("--seconds", action=_Given, type=float, default=None,
                         help="length of each sample in seconds (needs --codec or --encodec for the frame rate)")
     prompt = parser.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt-codes", metavar="FILE.npy", default=None,
+    prompt.add_argument("--prompt-codes", action=_Given, metavar="FILE.npy", default=None,
                         help="acoustic prompt: codes (frames, levels) kept as the first frames of every sample")
-    prompt.add_argument("--prompt-audio", metavar="FILE", default=None,
+    prompt.add_argument("--prompt-audio", action=_Given, metavar="FILE", default=None,
                         help="acoustic prompt as audio (WAV, FLAC, ...), encoded with the codec (needs --codec or "
                              "--encodec); another sample rate is resampled, with a notice")
     semantic = parser.add_mutually_exclusive_group()
-    semantic.add_argument("--semantic", metavar="FILE.npy", default=None,
+    semantic.add_argument("--semantic", action=_Given, metavar="FILE.npy", default=None,
                           help="semantic token ids: (tokens,) for every sample or (num_samples, tokens); they set "
                                "the length when --frames/--seconds are not given")
-    semantic.add_argument("--text", default=None,
+    semantic.add_argument("--text", action=_Given, default=None,
                           help="English text, turned into timed phoneme ids by the embedded corpus's phonemiser "
                                "(for models trained on the corpus's phoneme tokens); sets the length like --semantic")
-    parser.add_argument("--voice", default="en-us",
+    parser.add_argument("--voice", action=_Given, default="en-us",
                         help="with --text: the eSpeak voice whose timing the phonemes follow (default en-us)")
-    parser.add_argument("--prompt-text", default=None,
+    parser.add_argument("--prompt-text", action=_Given, default=None,
                         help="with --text and a prompt: what the prompt says; its phonemes, stretched over the "
                              "prompt's frames, condition them (without it the prompt's frames are unconditioned)")
-    parser.add_argument("--steps", default=None,
+    parser.add_argument("--steps", action=_Given, default=None,
                         help="demasking passes: an int (first level; one pass on each later level) or one per "
                              "level, comma separated, e.g. 16,4,1 (default: the model's)")
-    parser.add_argument("--temperature", type=float, default=1.0,
+    parser.add_argument("--temperature", action=_Given, type=float, default=1.0,
                         help="sampling temperature at each level's first pass, annealed to 0 (default 1.0)")
-    parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely codes only")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep probability mass p, in (0, 1]")
-    parser.add_argument("--guidance-scale", type=float, default=None,
+    parser.add_argument("--top-k", action=_Given, type=int, default=None,
+                        help="sample among the k most likely codes only")
+    parser.add_argument("--top-p", action=_Given, type=float, default=None,
+                        help="nucleus sampling: keep probability mass p, in (0, 1]")
+    parser.add_argument("--guidance-scale", action=_Given, type=float, default=None,
                         help="classifier-free guidance scale (needs --semantic and a model trained with "
                              "conditioning dropout)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", action=_Given, type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="samples generated per call (default: all at once)")
+                        help="samples generated per call (default: all at once); with --requests, the most "
+                             f"requests decoded together (default {DEFAULT_MAX_BATCH})")
+    parser.add_argument("--requests", metavar="FILE", default=None,
+                        help="a request file: one JSON request per line (fields: id, name, text, voice, semantic, "
+                             "prompt_audio, prompt_audio_base64, prompt_codes, prompt_text, frames, seconds, seed, "
+                             "temperature, top_k, top_p, guidance_scale, steps, codes), each written as "
+                             "DIR/NAME.wav; bad lines are skipped and listed in DIR/report.json. Replaces the "
+                             "flags a request carries (--text, --frames, --seed, ...)")
     parser.add_argument("--mesh", default="data=-1", metavar="AXIS=SIZE,...",
                         help="the device mesh each batch is generated on: sizes of the axes data, fsdp and tensor "
                              "(-1: the remaining devices), e.g. data=2,tensor=2; the batch is split over data and "
@@ -76,7 +104,7 @@ def add_parser(subparsers, parents):
                              "prompt's (left) when a prompt is given")
     parser.add_argument("--save-codes", action="store_true",
                         help="with a codec, also write the codes (.npy); without one they are always written")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, request_flags=())
     return parser
 
 
@@ -187,6 +215,8 @@ def run(args, out, extra):
     from soundstorm_jax.model.wrapper import semantic_frames
     from soundstorm_jax.sampler.generate import generate
 
+    if args.requests is not None:
+        return run_requests(args, out)
     if args.num_samples < 1:
         raise CliError(f"--num-samples must be positive, got {args.num_samples}")
     batch_size = args.batch_size or args.num_samples
@@ -221,7 +251,8 @@ def run(args, out, extra):
         if text is not None:
             check_speakable(text)  # ValueError naming the characters: exit 2.
     if args.frames is None and args.seconds is None and semantic is None and args.text is None:
-        raise CliError("give the length: --frames N, --seconds S (with a codec), --semantic FILE.npy or --text")
+        raise CliError("give the length: --frames N, --seconds S (with a codec), --semantic FILE.npy or --text "
+                       "(or a request file: --requests FILE)")
     make_out_dir(args.out)
 
     from soundstorm_jax.training.restore import load_soundstorm
@@ -254,14 +285,7 @@ def run(args, out, extra):
     if args.spectrogram and prompt is not None:  # What the prompt sounds like through the codec.
         prompt_audio = np.asarray(codec.decode(prompt[None].astype(np.int32)))[0]
 
-    mesh = None
-    if jax.local_device_count() > 1 and any(size != 1 for size in mesh_shape.values()):
-        from soundstorm_jax.training import sharding
-        try:
-            mesh = sharding.make_mesh(mesh_shape, jax.local_devices())
-        except ValueError as e:
-            raise CliError(f"--mesh {args.mesh!r} does not fit the {jax.local_device_count()} local devices: "
-                           f"{str(e).replace('mesh.shape ', 'axis sizes ')}") from e
+    mesh = make_mesh(args.mesh, mesh_shape)
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.num_samples)
     written, shapes = [], []
     starts = list(range(0, args.num_samples, batch_size))
@@ -294,6 +318,69 @@ def run(args, out, extra):
     if codec is not None:
         record["sample_rate"] = codec.sample_rate
     out.result(record, written)
+    return 0
+
+
+def make_mesh(text: str, shape: dict[str, int]):
+    """The --mesh to generate on, or None on one device (or when every axis has size 1)."""
+    import jax
+    if jax.local_device_count() == 1 or all(size == 1 for size in shape.values()):
+        return None
+    from soundstorm_jax.training import sharding
+    try:
+        return sharding.make_mesh(shape, jax.local_devices())
+    except ValueError as e:
+        raise CliError(f"--mesh {text!r} does not fit the {jax.local_device_count()} local devices: "
+                       f"{str(e).replace('mesh.shape ', 'axis sizes ')}") from e
+
+
+def run_requests(args, out) -> int:
+    """`generate MODEL --requests FILE --out DIR`: exit 0 when any request was written, 1 when every one failed
+    (after the report), 2 (CliError) for a bad flag or an unreadable file, before the model is loaded."""
+    from soundstorm_jax.serving import Engine
+    from soundstorm_jax.serving.request_file import read_request_file, report_lines, run_request_file
+
+    given = list(dict.fromkeys(args.request_flags)) + (["--spectrogram"] if args.spectrogram else [])
+    if given:
+        flag = given[0]
+        how = ("request files write WAVs (and codes) only" if flag == "--spectrogram" else
+               "give one line per sample" if flag == "--num-samples" else
+               f"set \"{flag[2:].replace('-', '_')}\" in the request file's lines instead")
+        raise CliError(f"--requests and {flag} do not go together: {how}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CliError(f"--batch-size must be positive, got {args.batch_size}")
+    mesh_shape = parse_mesh(args.mesh)
+    require_file(args.requests, "request file")
+    try:
+        requests = read_request_file(args.requests)
+    except OSError as e:
+        raise CliError(f"cannot read request file {args.requests!r}: {e.strerror or e}") from e
+    if not requests.read:
+        raise CliError(f"request file {args.requests!r} holds no requests (one JSON object per line; blank lines "
+                       f"and lines starting with # are skipped)")
+    make_out_dir(args.out)
+
+    codec = load_codec_from_args(args)
+    engine = Engine.load(args.workdir, codec=codec, step=args.step, mesh=make_mesh(args.mesh, mesh_shape),
+                         max_batch=args.batch_size or DEFAULT_MAX_BATCH)
+    bar = None
+
+    def progress(done, total):
+        nonlocal bar
+        if bar is None:
+            bar = out.progress(None, total=total, desc="generate", unit="request")
+        bar.update(done - bar.n)
+
+    try:
+        report = run_request_file(engine, requests, args.out, save_codes=args.save_codes, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    out.result(dict(report, command="generate", workdir=args.workdir), report_lines(report))
+    if not report["requests"]["done"]:
+        print(f"error: every request in {args.requests!r} failed ({report['requests']['failed']}); "
+              f"{report['report']} lists why", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
