@@ -200,7 +200,10 @@ class Engine:
             if not np.issubdtype(array.dtype, np.integer):
                 raise RequestError(field, f"{path!r} must hold integers, got dtype {array.dtype}")
         else:
-            array = np.asarray(value, np.int64)
+            try:
+                array = np.asarray(value, np.int64)
+            except OverflowError:  # A value beyond int64 is out of every range below; say so, not a traceback.
+                raise RequestError(field, "holds an integer too large for int64") from None
         if array.ndim != ndim or array.size == 0:
             raise RequestError(field, f"must have shape {'(tokens,)' if ndim == 1 else '(frames, levels)'}, "
                                       f"got {array.shape}")
