@@ -1,4 +1,4 @@
-"""Spectrogram PNGs for `soundstorm generate --spectrogram`, with no plotting library.
+"""Spectrogram PNGs for `soundstorm generate --spectrogram` and the server's `spectrogram=1`, with no plotting library.
 
 A log-magnitude STFT (Hann window, numpy) drawn as a grayscale image (low
 frequencies at the bottom, dark = loud), written with zlib as an 8-bit PNG.
@@ -55,6 +55,12 @@ def side_by_side(*images: np.ndarray, gap: int = 3) -> np.ndarray:
 
 def write_png(path: str, image: np.ndarray) -> str:
     """Writes a uint8 (rows, columns) grayscale image as a PNG file."""
+    epath.Path(path).write_bytes(png_bytes(image))
+    return path
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """A uint8 (rows, columns) grayscale image as the bytes of a PNG file."""
     image = np.ascontiguousarray(image, np.uint8)
     if image.ndim != 2 or 0 in image.shape:
         raise ValueError(f"image must be a non-empty (rows, columns) array, got shape {image.shape}")
@@ -65,9 +71,7 @@ def write_png(path: str, image: np.ndarray) -> str:
 
     raw = b"".join(b"\x00" + image[r].tobytes() for r in range(rows))  # Filter type 0 per row.
     header = struct.pack(">IIBBBBB", columns, rows, 8, 0, 0, 0, 0)  # 8-bit grayscale.
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    epath.Path(path).write_bytes(png)
-    return path
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
 
 
 def read_png(path: str) -> np.ndarray:
@@ -89,9 +93,14 @@ def read_png(path: str) -> np.ndarray:
     return raw[:, 1:].copy()
 
 
-def write_spectrogram(path: str, audio: np.ndarray, prompt_audio=None) -> str:
-    """The sample's spectrogram as a PNG, next to its prompt's (left) when one is given."""
+def spectrogram_image(audio: np.ndarray, prompt_audio=None) -> np.ndarray:
+    """The sample's spectrogram (uint8 rows, columns), next to its prompt's (left) when one is given."""
     image = to_image(log_spectrogram(audio))
     if prompt_audio is not None:
         image = side_by_side(to_image(log_spectrogram(prompt_audio)), image)
-    return write_png(path, image)
+    return image
+
+
+def write_spectrogram(path: str, audio: np.ndarray, prompt_audio=None) -> str:
+    """The sample's spectrogram as a PNG, next to its prompt's (left) when one is given."""
+    return write_png(path, spectrogram_image(audio, prompt_audio))
