@@ -382,3 +382,24 @@ def test_an_export_generates_what_its_workdirs_generate(env, tmp_path, soundstor
     assert "does not exist" in bad_input(env, "export", tmp_path / "missing", tmp_path / "new")
     assert "export of step 2, not 1" in bad_input(env, "generate", out, "--step", "1", "--frames", "4",
                                                   "--out", tmp_path / "x")
+
+
+# ---- request files -------------------------------------------------------------------------------------------
+
+def test_generate_a_request_file(env, tmp_path, soundstorm_workdir, codec_workdir):
+    """`generate --requests`: one WAV per good line, the bad line skipped and named in the report (exit 0)."""
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text('{"name": "one", "frames": 12, "seed": 1}\n{"frames": 12, "top_p": 2}\n'
+                        '{"id": "three", "seconds": 0.003, "codes": true}\n')
+    result = cli(env, "--json", "generate", soundstorm_workdir, "--codec", codec_workdir, "--requests", requests,
+                 "--out", tmp_path / "out")
+    report = json.loads(result.stdout)
+    assert report == json.loads((tmp_path / "out" / "report.json").read_text()) | {
+        "command": "generate", "workdir": soundstorm_workdir}
+    assert report["requests"] == {"read": 3, "done": 2, "failed": 1}
+    assert [(f["line"], f["field"]) for f in report["failures"]] == [(2, "top_p")]
+    assert sorted(os.listdir(tmp_path / "out")) == ["one.wav", "report.json", "three.npy", "three.wav"]
+    for name in ("one", "three"):
+        audio, rate = soundfile.read(tmp_path / "out" / f"{name}.wav")
+        assert rate == RATE and audio.shape == (48,)  # 12 frames x hop 4.
+    assert np.load(tmp_path / "out" / "three.npy").shape == (12, 3)
