@@ -173,7 +173,7 @@ def test_generate_plays_and_downloads(page, served):
 
     # The download is the WAV the server sent.
     link = page.get_by_role("link", name=re.compile(r"Download .*\.wav"))
-    assert link.get_attribute("download").endswith(".wav")
+    assert link.get_attribute("download") == "soundstorm-hello-there-seed7.wav"
     with page.expect_download() as download:
         link.click()
     data = pathlib.Path(download.value.path()).read_bytes()
@@ -193,6 +193,16 @@ def test_generate_plays_and_downloads(page, served):
     if os.environ.get("SOUNDSTORM_SCREENSHOT"):
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_length_in_seconds_without_text(page, served):
+    _, engine = served
+    page.get_by_label("Length in seconds").fill("0.05")
+    body = generate(page)
+    assert "error" not in body, body
+    assert abs(body["seconds"] - expected_seconds(engine, seconds=0.05)) < frame_seconds(engine) / 2
+    sync_api.expect(page.get_by_role("link", name=re.compile(r"Download .*\.wav"))).to_have_attribute(
+        "download", "soundstorm-seed0.wav")
 
 
 def error_next_to(page, label: str):

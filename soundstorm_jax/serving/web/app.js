@@ -332,7 +332,10 @@ function showResult(body, request, roundTrip) {
   $("result-audio").src = resultUrl;
   const download = $("download");
   download.href = resultUrl;
-  const stem = String(body.id ?? `soundstorm-seed${request.seed ?? 0}`).replace(/[^A-Za-z0-9._-]+/g, "_");
+  // A name that says what it is ("soundstorm-hello-there-seed7.wav"); the server's id (a random hex string
+  // unless the request gives one) is listed below.
+  const words = (request.text || "").toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "").slice(0, 40);
+  const stem = ["soundstorm", words, `seed${request.seed ?? 0}`].filter(Boolean).join("-");
   download.download = `${stem}.wav`;
   download.textContent = `Download ${stem}.wav`;
 
@@ -348,6 +351,7 @@ function showResult(body, request, roundTrip) {
   addTerm(list, "Queued", seconds(body.queue_seconds));
   addTerm(list, "Decoded in", seconds(body.decode_seconds));
   addTerm(list, "Round trip", seconds(roundTrip));
+  addTerm(list, "Request id", String(body.id));
   const notices = $("notices");
   notices.replaceChildren(...(body.notices || []).map((notice) => {
     const item = document.createElement("li");
