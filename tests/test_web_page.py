@@ -16,6 +16,7 @@ import re
 import shutil
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -59,14 +60,15 @@ def served():
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
     url = "http://127.0.0.1:%d/" % server.servers[0].sockets[0].getsockname()[1]
-    while True:  # /readyz answers 200 once the warm-up request has compiled and decoded.
+    while True:  # /readyz answers 200 once the warm-up request has compiled and decoded, else 503 and why not.
         try:
-            with urllib.request.urlopen(url + "readyz", timeout=5) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the server did not get ready"
+            with urllib.request.urlopen(url + "readyz", timeout=5):
+                break
+        except urllib.error.HTTPError as e:
+            reason = e.read().decode(errors="replace")
+        except OSError as e:
+            reason = str(e)
+        assert "failed" not in reason and time.monotonic() < deadline, f"the server did not get ready: {reason}"
         time.sleep(0.2)
     yield url, engine
     server.should_exit = True
