@@ -29,6 +29,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 import time
 from typing import Any, Optional, Sequence
 
@@ -100,7 +101,9 @@ def read_audio_bytes(data: bytes, field: str, sample_rate: int, notices: list) -
     try:
         audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises several types; all mean "unreadable".
-        raise RequestError(field, f"cannot read the audio: {e}") from None
+        reason = re.sub(r"^Error opening <[^>]*>: ", "", str(e))  # soundfile names the in-memory buffer.
+        raise RequestError(field, f"cannot read the audio ({reason.strip() or type(e).__name__}); send a WAV, "
+                                  f"FLAC, OGG or MP3 file") from None
     if audio.shape[0] == 0:
         raise RequestError(field, "the audio has no samples")
     audio = audio.mean(axis=1)
