@@ -403,3 +403,41 @@ def test_generate_a_request_file(env, tmp_path, soundstorm_workdir, codec_workdi
         audio, rate = soundfile.read(tmp_path / "out" / f"{name}.wav")
         assert rate == RATE and audio.shape == (48,)  # 12 frames x hop 4.
     assert np.load(tmp_path / "out" / "three.npy").shape == (12, 3)
+
+
+# ---- serve ---------------------------------------------------------------------------------------------------
+
+def test_serve_answers_over_http_and_stops_cleanly_on_sigterm(env, soundstorm_workdir, codec_workdir):
+    """`soundstorm serve` on a free port: one line with the URL once warm, one request answered with its WAV,
+    then SIGTERM: exit 0 with no traceback."""
+    import select
+    import signal
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:  # A free port for the command to bind (released just before).
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(soundstorm_command() + ["serve", soundstorm_workdir, "--codec", codec_workdir,
+                                                      "--port", str(port), "--max-seconds", "0.5"],
+                              env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([server.stdout], [], [], 240)
+        line = server.stdout.readline() if ready else ""
+        assert f"http://127.0.0.1:{port}" in line, (line, server.poll())
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/generate?format=wav", method="POST",
+                                         data=json.dumps({"id": "hi", "frames": 12, "seed": 1}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            assert response.headers["X-Request-Id"] == "hi" and response.headers["X-Frames"] == "12"
+            audio, rate = soundfile.read(io.BytesIO(response.read()))
+        assert rate == RATE and audio.shape == (48,)  # 12 frames x hop 4.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=30) as response:
+            assert json.loads(response.read())["max_frames"] == 0.5 * RATE // 4  # --max-seconds at 4000 frames/s.
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(60) == 0, server.stderr.read()[-4000:]
+        assert "Traceback" not in server.stderr.read()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

@@ -7,7 +7,8 @@
   codec_io   `soundstorm encode` / `soundstorm decode`: audio files <-> codes (.npy)
   generate   `soundstorm generate`: samples from a trained SoundStorm workdir or export, on a device mesh
   export     `soundstorm export`: a run's inference export (config + EMA parameters, the codec)
+  serve      `soundstorm serve`: an HTTP server around one model, batching concurrent requests
   demo       `soundstorm demo`: the whole pipeline on the embedded corpus
   launch     `soundstorm launch`: a command as the N processes of one JAX job on this machine
-  spectrogram  spectrogram PNGs (numpy + zlib) for `generate --spectrogram`
+  spectrogram  spectrogram PNGs (numpy + zlib) for `generate --spectrogram` and the server
 """

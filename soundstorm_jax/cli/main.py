@@ -2,7 +2,7 @@
 
     soundstorm [--quiet] [--json] [--debug] [--verbose] COMMAND [options]
 
-Commands: demo, prepare, train, encode, decode, generate, export, launch (`soundstorm COMMAND --help`).
+Commands: demo, prepare, train, encode, decode, generate, export, serve, launch (`soundstorm COMMAND --help`).
 Exit status: 0 success; 2 bad input (the message on stderr starts with
 "error: "); 1 an unexpected failure (with its traceback under --debug);
 130 interrupted by Ctrl-C (SIGINT), as shells report it. A command that fails removes the
@@ -21,7 +21,7 @@ import traceback
 from typing import Optional, Sequence
 
 from soundstorm_jax import __version__
-from soundstorm_jax.cli import codec_io, demo, export, generate, launch, prepare, train
+from soundstorm_jax.cli import codec_io, demo, export, generate, launch, prepare, serve, train
 from soundstorm_jax.cli.common import (EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_INTERRUPTED, CliError, Output,
                                        forget_created_folders, quiet_libraries, remove_created_folders,
                                        show_package_log)
@@ -35,6 +35,7 @@ DESCRIPTION = """SoundStorm in JAX: prepare data, train, encode/decode audio and
   soundstorm prepare --audio AUDIO_DIR --out data/mine --codec runs/codec   # + its codes dataset
   soundstorm train --config tiny --workdir runs/tiny --config.data.dir=data/mine/codes
   soundstorm generate runs/tiny --seconds 2 --codec runs/codec --out samples
+  soundstorm serve runs/tiny --codec runs/codec --port 8080      # an HTTP server, batching its requests
   soundstorm launch --processes 2 --cpu-devices 4 -- train ...   # a multi-process job on this machine
 
 Exit status: 0 success, 2 bad input, 1 unexpected failure, 130 interrupted (Ctrl-C)."""
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     codec_io.add_parsers(subparsers, [common])
     generate.add_parser(subparsers, [common])
     export.add_parser(subparsers, [common])
+    serve.add_parser(subparsers, [common])
     demo.add_parser(subparsers, [common])
     launch.add_parser(subparsers, [common])
     return parser
