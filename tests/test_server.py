@@ -6,7 +6,11 @@ import base64
 import concurrent.futures
 import contextlib
 import io
+import json
+import os
 import signal
+import socket
+import sys
 import threading
 import time
 import warnings
@@ -297,3 +301,34 @@ def test_a_model_without_a_codec_returns_codes(engine):
         assert c.get("/v1/model").json()["sample_rate"] is None
     with client(make_app(engine)) as c:  # The same request with the codec: the same codes.
         assert c.post("/v1/generate", json=dict(frames=12, seed=3, codes=True)).json()["codes"] == got["codes"]
+
+
+# ---- the command line, the load test --------------------------------------------------------------------------
+
+def test_serve_flags_are_checked_before_loading(tmp_path):
+    from test_cli_messages import bad_input
+    assert "--batch-window-ms must be a number >= 0" in bad_input("serve", tmp_path, "--batch-window-ms", "-1")
+    assert "--max-queue must be a positive integer" in bad_input("serve", tmp_path, "--max-queue", "0")
+    assert "--timeout must be a number > 0" in bad_input("serve", tmp_path, "--timeout", "0")
+    assert "--port must lie in [0, 65535]" in bad_input("serve", tmp_path, "--port", "65536")
+    assert "--mesh" in bad_input("serve", tmp_path, "--mesh", "rows=2")
+    assert "does not exist" in bad_input("serve", tmp_path / "missing")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert "Address already in use" in bad_input("serve", tmp_path, "--port", port)
+
+
+def test_load_test_smoke(engine):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import load_test
+    printed = io.StringIO()  # Not capsys: uvicorn's log handlers would keep its stream after the test closes it.
+    with contextlib.redirect_stdout(printed):
+        report = load_test.main(["--requests", "12", "--clients", "4", "--windows", "50,0"], engine=engine)
+    assert json.loads(printed.getvalue()) == report
+    assert all(report["checks"].values()), report["checks"]
+    batched, alone = report["runs"]
+    assert sum(batched["batch_size_histogram"].values()) == sum(alone["batch_size_histogram"].values()) == 12
+    assert alone["batch_size_histogram"] == {"1": 12} and batched["mean_batch_size"] > 1
+    assert set(report["machine"]) >= {"platform", "cpu_count"} and batched["latency_seconds"]["p50"] > 0
