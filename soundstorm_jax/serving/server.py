@@ -124,7 +124,10 @@ def make_app(engine: Engine, *, batch_window_ms: float = 20, max_queue: int = 64
 
     async def generate(request: HttpRequest) -> Response:
         try:
-            return await _generate(request, engine, request.app.state.batcher, limits)
+            batcher = getattr(request.app.state, "batcher", None)
+            if batcher is None:  # The app runs without its lifespan (an ASGI server with lifespan off).
+                raise _Refused(503, "the server has not started its decoding worker", headers={"Retry-After": "1"})
+            return await _generate(request, engine, batcher, limits)
         except _Refused as e:
             return e.response()
 
