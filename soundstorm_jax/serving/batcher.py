@@ -5,8 +5,8 @@ Requests are resolved before they reach the batcher (a bad one fails alone).
 wait) and returns its `Done` once decoded. The worker takes the first queued
 job, then every job that arrives within `window_s` of it (at most
 `engine.max_batch` jobs in all; `window_s=0`: one job at a time, no batching),
-groups them with `engine.plan` and decodes each group with `engine.run` in a
-thread (JAX releases the GIL, so the event loop keeps serving meanwhile).
+groups them with `engine.plan` and decodes each group with `engine.run` in the
+batcher's own thread (JAX releases the GIL: the event loop keeps serving meanwhile).
 The engine gives every job of a group exactly what it gets alone.
 
 A job whose caller stopped waiting (a timeout, a closed connection) is dropped
@@ -15,6 +15,7 @@ before its batch runs. `close` waits for the queue to empty (graceful shutdown).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
 import math
@@ -73,6 +74,8 @@ class Batcher:
         self._taken: list[_Pending] = []   # The jobs the worker holds (collecting or decoding).
         self._batch_seconds = 0.0     # Moving average of one batch's decode time (for Retry-After).
         self._worker: Optional[asyncio.Task] = None
+        # Decoding has a thread of its own: it never waits behind requests being resolved in the default pool.
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="soundstorm-decode")
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -96,6 +99,7 @@ class Batcher:
                 await self._worker
             except asyncio.CancelledError:
                 pass
+        self._thread.shutdown(wait=False)
         left = self._taken + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
         for pending in left:  # Left behind by the timeout: their callers get ShuttingDown.
             if not pending.future.done():
@@ -145,10 +149,13 @@ class Batcher:
                 break
         return taken
 
+    async def _in_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
     async def _serve(self) -> None:
         try:
-            warm = await asyncio.to_thread(self.engine.resolve, Request(frames=1))
-            await asyncio.to_thread(self.engine.run, [warm])
+            warm = await self._in_thread(self.engine.resolve, Request(frames=1))
+            await self._in_thread(self.engine.run, [warm])
         except Exception as e:  # noqa: BLE001 - reported by /readyz; the queue fails fast below.
             log.exception("the warm-up request failed")
             self.error = e
@@ -157,6 +164,11 @@ class Batcher:
             taken = await self._collect()
             try:
                 await self._decode(taken)
+            except Exception as e:  # noqa: BLE001 - a bug must not stop the worker: fail these, serve the next.
+                log.exception("the decoding worker failed")
+                for p in taken:
+                    if not p.future.done():
+                        p.future.set_exception(e)
             finally:
                 self._busy, self._taken = False, []
 
@@ -173,7 +185,7 @@ class Batcher:
                 continue
             start = time.monotonic()
             try:
-                results = await asyncio.to_thread(self.engine.run, [p.job for p in group])
+                results = await self._in_thread(self.engine.run, [p.job for p in group])
             except Exception as e:  # noqa: BLE001 - the batch's callers get the failure, the worker goes on.
                 log.exception("decoding a batch of %d failed", len(group))
                 for p in group:

@@ -108,6 +108,8 @@ def make_app(engine: Engine, *, batch_window_ms: float = 20, max_queue: int = 64
                              ("max_body_bytes", max_body_bytes, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
             raise ValueError(f"{name} must be a number >= {low:g}, got {value!r}")
+    if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+        raise ValueError(f"max_queue must be a positive int, got {max_queue!r}")
     limits = dict(batch_window_ms=batch_window_ms, max_queue=max_queue, max_body_bytes=int(max_body_bytes),
                   request_timeout_s=request_timeout_s)
 
