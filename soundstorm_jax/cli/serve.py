@@ -27,14 +27,17 @@ def add_parser(subparsers, parents):
     parser.add_argument("--codec", metavar="WORKDIR", default=None,
                         help="the codec (a codec workdir or export) that turns codes into audio (default: the "
                              "export's own; without one the server answers with codes)")
-    parser.add_argument("--step", type=int, metavar="N", default=None, help="checkpoint step of a workdir (default: the latest)")
+    parser.add_argument("--step", type=int, metavar="N", default=None,
+                        help="checkpoint step of a workdir (default: the latest)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
-    parser.add_argument("--port", type=int, metavar="PORT", default=8080, help="port to listen on (default 8080; 0: any free one)")
+    parser.add_argument("--port", type=int, metavar="PORT", default=8080,
+                        help="port to listen on (default 8080; 0: any free one)")
     parser.add_argument("--batch-window-ms", type=float, metavar="MS", default=20.0,
                         help="how long to wait for more requests to batch with the first one (default 20; "
                              "0: no batching, one request at a time)")
-    parser.add_argument("--max-batch", type=int, metavar="N", default=16, help="requests decoded together at most (default 16)")
+    parser.add_argument("--max-batch", type=int, metavar="N", default=16,
+                        help="requests decoded together at most (default 16)")
     parser.add_argument("--max-queue", type=int, metavar="N", default=64,
                         help="requests waiting at most; more get 503 with Retry-After (default 64)")
     parser.add_argument("--max-seconds", type=float, metavar="S", default=None,
