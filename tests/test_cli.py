@@ -430,8 +430,13 @@ def test_serve_answers_over_http_and_stops_cleanly_on_sigterm(env, soundstorm_wo
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as response:
             assert response.headers["X-Request-Id"] == "hi" and response.headers["X-Frames"] == "12"
-            audio, rate = soundfile.read(io.BytesIO(response.read()))
+            wav = response.read()
+        audio, rate = soundfile.read(io.BytesIO(wav))
         assert rate == RATE and audio.shape == (48,)  # 12 frames x hop 4.
+        if shutil.which("curl"):  # As the README's curl line: a form-encoded body is read as JSON all the same.
+            curl = subprocess.run(["curl", "-s", f"localhost:{port}/v1/generate?format=wav",
+                                   "-d", '{"frames": 12, "seed": 1}'], capture_output=True, timeout=120)
+            assert curl.returncode == 0 and curl.stdout == wav  # The same request, the same WAV.
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=30) as response:
             assert json.loads(response.read())["max_frames"] == 0.5 * RATE // 4  # --max-seconds at 4000 frames/s.
         server.send_signal(signal.SIGTERM)
