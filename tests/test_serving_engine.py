@@ -118,7 +118,7 @@ def test_bad_fields_are_named_before_anything_runs(fields, field, message):
      "cannot read"),
     (dict(frames=4, prompt_audio_base64=wav_base64(np.array([0.1, np.nan] * 8, np.float32), SAMPLE_RATE)),
      "prompt_audio_base64", "NaN"),
-    (dict(text="Hello.", voice="no-such-voice"), "voice", ""),
+    (dict(text="Hello.", voice="no-such-voice"), "voice", "no voice named"),
 ])
 def test_requests_the_model_cannot_serve_are_named(engine, fields, field, message):
     with pytest.raises(RequestError, match=message) as info:
