@@ -1,0 +1,19 @@
+"""Semantic tokens from raw speech: HuBERT / wav2vec 2.0 encoders in Flax, their weight import, k-means.
+
+``SpeechEncoder`` (``encoder``) computes the hidden states of any layer of a HuBERT
+or wav2vec 2.0 model from 16 kHz audio, batched with a padding mask;
+``import_speech_encoder`` (``weights``) reads transformers or fairseq checkpoints;
+``kmeans`` fits, saves, loads and imports (scikit-learn) k-means codebooks and
+assigns features to their nearest centre.
+"""
+from soundstorm_jax.semantic.config import (PRESETS, SpeechEncoderConfig, hubert_base, hubert_large, wav2vec2_base,
+                                            wav2vec2_large)
+from soundstorm_jax.semantic.encoder import LAST, SpeechEncoder, check_output_layer, init_speech_encoder
+from soundstorm_jax.semantic.weights import (fairseq_name, import_speech_encoder, read_safetensors,
+                                             transformers_name)
+
+__all__ = [
+    "LAST", "PRESETS", "SpeechEncoder", "SpeechEncoderConfig", "check_output_layer", "fairseq_name", "hubert_base",
+    "hubert_large", "import_speech_encoder", "init_speech_encoder", "read_safetensors", "transformers_name",
+    "wav2vec2_base", "wav2vec2_large",
+]
