@@ -9,11 +9,13 @@ assigns features to their nearest centre.
 from soundstorm_jax.semantic.config import (PRESETS, SpeechEncoderConfig, hubert_base, hubert_large, wav2vec2_base,
                                             wav2vec2_large)
 from soundstorm_jax.semantic.encoder import LAST, SpeechEncoder, check_output_layer, init_speech_encoder
+from soundstorm_jax.semantic.kmeans import (KMeansCodebook, fit_kmeans, greedy_kmeans_plus_plus, load_kmeans,
+                                            mean_pool, nearest_center)
 from soundstorm_jax.semantic.weights import (fairseq_name, import_speech_encoder, read_safetensors,
                                              transformers_name)
 
 __all__ = [
-    "LAST", "PRESETS", "SpeechEncoder", "SpeechEncoderConfig", "check_output_layer", "fairseq_name", "hubert_base",
-    "hubert_large", "import_speech_encoder", "init_speech_encoder", "read_safetensors", "transformers_name",
+    "KMeansCodebook", "LAST", "PRESETS", "SpeechEncoder", "SpeechEncoderConfig", "check_output_layer", "fairseq_name", "fit_kmeans", "greedy_kmeans_plus_plus", "hubert_base",
+    "hubert_large", "import_speech_encoder", "init_speech_encoder", "load_kmeans", "mean_pool", "nearest_center", "read_safetensors", "transformers_name",
     "wav2vec2_base", "wav2vec2_large",
 ]
