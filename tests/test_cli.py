@@ -126,6 +126,7 @@ def soundstorm_workdir(tmp_path_factory, env, codes_dataset):
 # ---- help ----------------------------------------------------------------------------------------------------
 
 def test_help_explains_every_subcommand(env):
+    from soundstorm_jax.cli.main import main
     top = cli(env, "--help").stdout
     for command in COMMANDS:
         assert command in top
@@ -136,11 +137,16 @@ def test_help_explains_every_subcommand(env):
                 "generate": ["--num-samples", "--frames", "--seconds", "--prompt-codes", "--prompt-audio", "--semantic",
                              "--text", "--spectrogram", "--steps",
                              "--temperature", "--top-k", "--top-p", "--guidance-scale", "--seed", "--batch-size",
-                             "--out", "--save-codes"]}
-    for command, options in expected.items():
-        text = cli(env, command, "--help").stdout
+                             "--out", "--save-codes", "--requests", "--mesh"],
+                "export": ["--codec", "--step"],
+                "serve": ["--port", "--batch-window-ms", "--max-queue", "--timeout", "--max-body-mb"]}
+    for command, options in expected.items():  # In this process: the console script is proven above.
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
         for option in options:
-            assert option in text, (command, option)
+            assert option in out.getvalue(), (command, option)
     assert cli(env, "no-such-command", expect=2).returncode == 2
 
 

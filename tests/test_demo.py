@@ -19,7 +19,7 @@ import soundfile
 from test_cli import env  # noqa: F401 (the subprocesses' environment fixture, used by name)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CODEC_STEPS, SOUNDSTORM_STEPS = 150, 200
+CODEC_STEPS, SOUNDSTORM_STEPS = 100, 100
 HOP, RATE = 320, 16000
 
 pytestmark = pytest.mark.slow
