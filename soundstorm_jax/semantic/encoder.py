@@ -50,7 +50,8 @@ def check_output_layer(output_layer, config: SpeechEncoderConfig, name: str = "l
 
 
 class SpeechEncoder(nn.Module):
-    """audio ``'b s'`` (float, 16 kHz), valid samples ``(b,)`` -> (hidden ``'b n d'`` or ``'(L+1) b n d'``, mask ``'b n'``)."""
+    """audio ``'b s'`` (float, 16 kHz), valid samples ``(b,)`` -> (hidden ``'b n d'``, or ``'(L+1) b n d'`` for
+    every layer, and the frame mask ``'b n'``)."""
 
     config: SpeechEncoderConfig
     dtype: Dtype = jnp.float32
@@ -69,7 +70,8 @@ class SpeechEncoder(nn.Module):
         # Initialisation builds every layer whatever layer is asked for.
         top = cfg.num_hidden_layers
         last = top if output_layer in (None, LAST) or self.is_initializing() else output_layer
-        states = TransformerEncoder(cfg, self.dtype, name="encoder")(hidden, mask, last, final_norm=output_layer == LAST)
+        encoder = TransformerEncoder(cfg, self.dtype, name="encoder")
+        states = encoder(hidden, mask, last, final_norm=output_layer == LAST)
         states = [jnp.where(mask[:, :, None], s, 0) for s in states]
         out = jnp.stack(states) if output_layer is None else states[top if output_layer == LAST else output_layer]
         return out, mask

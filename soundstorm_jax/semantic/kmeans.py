@@ -125,6 +125,7 @@ def load_kmeans(path) -> KMeansCodebook:
     try:
         import joblib
         import sklearn  # noqa: F401  (unpickling the estimator needs it)
+        del sklearn
     except ImportError as err:
         raise ImportError(f"reading the scikit-learn k-means file {path!r} needs joblib and scikit-learn "
                           f"(pip install scikit-learn); or save its centres once where they are installed: "

@@ -61,7 +61,7 @@ class PositionalConv(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """``'b n d'`` and a key mask ``'b n'`` -> ``'b n d'``; kernels ``(d, h, dh)`` and ``(h, dh, d)`` like the Conformer's."""
+    """``'b n d'`` and a key mask ``'b n'`` -> ``'b n d'``; kernels ``(d, h, dh)``, ``(h, dh, d)`` (the Conformer's)."""
 
     config: SpeechEncoderConfig
     dtype: Dtype = jnp.float32

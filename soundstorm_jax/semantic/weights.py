@@ -237,7 +237,8 @@ def _entries(config: SpeechEncoderConfig, shapes: dict) -> list[tuple[str, tuple
             out.append((f"{hf}.attention.{proj}.bias", ours + ("attention", f"{name}_bias"), "heads_bias"))
         out.append((f"{hf}.attention.out_proj.weight", ours + ("attention", "out_kernel"), "heads_out"))
         out.append((f"{hf}.attention.out_proj.bias", ours + ("attention", "out_bias"), "same"))
-        norms += [(f"{hf}.layer_norm", ours + ("layer_norm",)), (f"{hf}.final_layer_norm", ours + ("final_layer_norm",))]
+        norms += [(f"{hf}.layer_norm", ours + ("layer_norm",)),
+                  (f"{hf}.final_layer_norm", ours + ("final_layer_norm",))]
         linears += [(f"{hf}.feed_forward.intermediate_dense", ours + ("intermediate",)),
                     (f"{hf}.feed_forward.output_dense", ours + ("output",))]
     for hf, ours in norms:
@@ -301,3 +302,56 @@ def import_speech_encoder(state_dict, config: SpeechEncoderConfig) -> dict:
         layout = "fairseq" if fairseq else "transformers"
         raise ValueError(f"the {layout} checkpoint does not fit the {_describe(config)}: {report}")
     return {"params": jax.tree.map(jnp.asarray, params)}
+
+
+_STANDARD_KERNELS = {(10, 3, 3, 3, 3, 2, 2): (5, 2, 2, 2, 2, 2, 2)}
+
+
+def infer_config(state_dict) -> SpeechEncoderConfig:
+    """The ``SpeechEncoderConfig`` a checkpoint's tensor shapes imply (transformers or fairseq layout).
+
+    Shapes give every size but three, which follow the released models: conv strides
+    ``(5, 2, 2, 2, 2, 2, 2)`` for their kernels ``(10, 3, 3, 3, 3, 2, 2)`` (other
+    kernels need an explicit config); 64-dim attention heads; pre-norm layers
+    (``do_stable_layer_norm``) exactly when the feature extractor has a LayerNorm
+    after every convolution (true of every released HuBERT and wav2vec 2.0 model;
+    base and wav2vec2-large-960h: group norm, post-norm; LV-60, XLS-R and HuBERT
+    large: layer norm, pre-norm).
+    """
+    arrays = read_state_dict(state_dict)
+    if is_fairseq_layout(arrays):
+        group = "feature_extractor.conv_layers.0.2.weight" in arrays
+        probe = SpeechEncoderConfig(feat_extract_norm="group" if group else "layer")
+        arrays = {transformers_name(k, probe): v for k, v in arrays.items()}
+    convs = []
+    while f"feature_extractor.conv_layers.{len(convs)}.conv.weight" in arrays:
+        convs.append(arrays[f"feature_extractor.conv_layers.{len(convs)}.conv.weight"].shape)
+    needed = ["feature_projection.projection.weight", "encoder.layers.0.feed_forward.intermediate_dense.weight"]
+    absent = [n for n in needed if n not in arrays] + (["feature_extractor.conv_layers.0.conv.weight"] * (not convs))
+    if absent:
+        raise ValueError(f"cannot infer the encoder's layout: the checkpoint has no {', '.join(absent)} "
+                         f"(is it a HuBERT / wav2vec 2.0 state dict?); pass config= explicitly")
+    kernels = tuple(int(s[2]) for s in convs)
+    if kernels not in _STANDARD_KERNELS:
+        raise ValueError(f"cannot infer the conv strides for conv kernels {kernels} (only the released models' "
+                         f"{next(iter(_STANDARD_KERNELS))}); pass config= with conv_stride")
+    layer_norms = "feature_extractor.conv_layers.1.layer_norm.weight" in arrays
+    hidden = int(arrays["feature_projection.projection.weight"].shape[0])
+    layers = 0
+    while f"encoder.layers.{layers}.feed_forward.intermediate_dense.weight" in arrays:
+        layers += 1
+    pos = next((arrays[f"encoder.pos_conv_embed.conv.{n}"] for n in ("weight", "weight_v",
+                "parametrizations.weight.original1") if f"encoder.pos_conv_embed.conv.{n}" in arrays), None)
+    if pos is None:
+        raise ValueError("cannot infer the positional convolution: the checkpoint has no "
+                         "encoder.pos_conv_embed.conv weight; pass config= explicitly")
+    return SpeechEncoderConfig(
+        family="hubert", conv_dim=tuple(int(s[0]) for s in convs), conv_kernel=kernels,
+        conv_stride=_STANDARD_KERNELS[kernels],
+        conv_bias="feature_extractor.conv_layers.0.conv.bias" in arrays,
+        feat_extract_norm="layer" if layer_norms else "group",
+        feat_proj_layer_norm="feature_projection.layer_norm.weight" in arrays, hidden_size=hidden,
+        num_hidden_layers=layers, num_attention_heads=max(hidden // 64, 1),
+        intermediate_size=int(arrays["encoder.layers.0.feed_forward.intermediate_dense.weight"].shape[0]),
+        num_conv_pos_embeddings=int(pos.shape[2]), num_conv_pos_embedding_groups=hidden // int(pos.shape[1]),
+        do_stable_layer_norm=layer_norms)

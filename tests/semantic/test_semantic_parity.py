@@ -136,7 +136,8 @@ def test_weight_norm_forms_and_safetensors_file():
     for k, v in good.items():
         np.testing.assert_array_equal(from_file[k], v)
     prefix = "encoder.pos_conv_embed.conv"
-    g, v = good.pop(f"{prefix}.parametrizations.weight.original0"), good.pop(f"{prefix}.parametrizations.weight.original1")
+    g = good.pop(f"{prefix}.parametrizations.weight.original0")
+    v = good.pop(f"{prefix}.parametrizations.weight.original1")
     old = dict(good, **{f"{prefix}.weight_g": g, f"{prefix}.weight_v": v})  # torch.nn.utils.weight_norm's names
     plain = dict(good, **{f"{prefix}.weight": g * v / np.sqrt((v.astype(np.float64) ** 2).sum((0, 1), keepdims=True))})
     for form in (old, plain):
@@ -162,11 +163,11 @@ def test_bad_checkpoints_list_every_offending_name(tmp_path):
     # In the fairseq layout the report uses fairseq's names.
     fairseq = {fairseq_name(k, config): v for k, v in bad.items()}
     with pytest.raises(ValueError, match=r"fairseq checkpoint .*missing: encoder\.layers\.1\.self_attn\.k_proj\.bias"
-                                         r".*unexpected: encoder\.layers\.2\.fc1\.weight .*misshaped: post_extract_proj"):
+                       r".*unexpected: encoder\.layers\.2\.fc1\.weight .*misshaped: post_extract_proj"):
         import_speech_encoder(fairseq, config)
     # The base layout's defaults: a checkpoint of the tiny model fits nowhere near, and says so by name.
-    with pytest.raises(ValueError, match=r"misshaped: feature_extractor\.conv_layers\.0\.conv\.weight: got \(32, 1, 10\)"
-                                         r", expected \(512, 1, 10\)"):
+    with pytest.raises(ValueError, match=r"misshaped: feature_extractor\.conv_layers\.0\.conv\.weight: "
+                       r"got \(32, 1, 10\), expected \(512, 1, 10\)"):
         import_speech_encoder(state_dict(fixture), hubert_base())
     with pytest.raises(FileNotFoundError, match="does not exist"):
         import_speech_encoder(tmp_path / "missing.pt", config)
@@ -192,7 +193,8 @@ def test_live_parity_with_transformers():
     """Both families in both layouts, built by transformers with random weights, against ours."""
     torch = pytest.importorskip("torch", reason="the live comparison needs torch")
     pytest.importorskip("transformers", reason="the live comparison needs transformers")
-    spec = importlib.util.spec_from_file_location("make_semantic_fixtures", ROOT / "tools" / "make_semantic_fixtures.py")
+    script = ROOT / "tools" / "make_semantic_fixtures.py"
+    spec = importlib.util.spec_from_file_location("make_semantic_fixtures", script)
     tools = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tools)
     base, large = tools.TINY["hubert_base_tiny"][1], tools.TINY["wav2vec2_large_tiny"][1]
