@@ -275,7 +275,8 @@ def _generate_samples(model, variables, codec, held_out, script, prompt_frames, 
         stem = os.path.join(samples_dir, f"sample_{i:03d}")
         files = [write_wav(stem + ".wav", audio, codec.sample_rate),
                  write_wav(stem + "_prompt.wav", prompt_audio, codec.sample_rate),
-                 spectrogram.write_spectrogram(stem + ".png", audio[len(prompt_audio):], prompt_audio)]
+                 spectrogram.write_spectrogram(stem + ".png", audio[len(prompt_audio):], codec.sample_rate,
+                                               prompt_audio, title=f"sample_{i:03d} ({utt.speaker.voice}): {text}")]
         epath.Path(stem + ".txt").write_text(text + "\n", encoding="utf-8")
         results.append(dict(wav=files[0], prompt_wav=files[1], spectrogram=files[2], text=text,
                             prompt_from=prompt_record["id"].decode(), voice=utt.speaker.voice,

@@ -43,6 +43,13 @@ def mel_to_hz(mel):
     return 700.0 * (10.0 ** (np.asarray(mel, np.float64) / 2595.0) - 1.0)
 
 
+def mel_filterbank_np(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
+                      fmax: float | None = None) -> np.ndarray:
+    """`mel_filterbank` as a read-only host array (numpy callers, e.g. the spectrogram pictures)."""
+    fmax = sample_rate / 2.0 if fmax is None else fmax
+    return _mel_filterbank_np(int(sample_rate), int(n_fft), int(n_mels), float(fmin), float(fmax))
+
+
 @functools.lru_cache(maxsize=64)
 def _mel_filterbank_np(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
     freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
@@ -52,14 +59,15 @@ def _mel_filterbank_np(sample_rate: int, n_fft: int, n_mels: int, fmin: float, f
     falling = (upper[None] - freqs[:, None]) / (upper - center)[None]
     weights = np.maximum(0.0, np.minimum(rising, falling))
     weights *= (2.0 / (upper - lower))[None]  # equal area per filter
-    return weights.astype(np.float32)
+    weights = weights.astype(np.float32)
+    weights.flags.writeable = False  # Cached and shared: no caller may change it.
+    return weights
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
                    fmax: float | None = None) -> jax.Array:
     """Triangular mel filters ``(n_fft // 2 + 1, n_mels)`` float32."""
-    fmax = sample_rate / 2.0 if fmax is None else fmax
-    return jnp.asarray(_mel_filterbank_np(int(sample_rate), int(n_fft), int(n_mels), float(fmin), float(fmax)))
+    return jnp.asarray(mel_filterbank_np(sample_rate, n_fft, n_mels, fmin, fmax))
 
 
 def mel_spectrogram(x: jax.Array, sample_rate: int, n_fft: int, hop: int, n_mels: int) -> jax.Array:
