@@ -209,3 +209,32 @@ def test_live_parity_with_transformers():
         errors = [relative_error(hidden[k], reference[k], frames) for k in range(len(hidden))]
         assert max(errors) < TOLERANCE, (family, fields, errors)
         assert isinstance(next(iter(model.state_dict().values())), torch.Tensor)
+
+
+def test_parameters_shard_by_the_conformer_rules():
+    """Every parameter carries logical names; sharded over data x fsdp x tensor by the trainer's default rules,
+    the encoder gives the same features as on one device."""
+    import flax.linen as nn
+    from soundstorm_jax.configs.common import DEFAULT_RULES
+    from soundstorm_jax.semantic import init_speech_encoder
+    from soundstorm_jax.training import sharding
+
+    if jax.device_count() < 8:
+        pytest.skip("needs the 8 emulated CPU devices of tests/conftest.py")
+    fixture = load_fixture("wav2vec2_large_tiny")
+    config = config_of(fixture)
+    boxed = jax.eval_shape(lambda k: init_speech_encoder(config, k), jax.random.key(0))
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert leaves and all(isinstance(x, nn.Partitioned) for x in leaves)
+    known = {name for name, _ in DEFAULT_RULES}
+    assert {n for x in leaves for n in x.names if n is not None} <= known
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    _, shardings = sharding.state_shardings(boxed, mesh, DEFAULT_RULES, fsdp_min_size=0)
+    specs = {str(s.spec) for s in jax.tree.leaves(shardings)}
+    assert any("tensor" in s for s in specs) and any("fsdp" in s for s in specs)  # really split, not replicated
+    variables = import_speech_encoder(FIXTURES / "wav2vec2_large_tiny.npz", config)
+    placed = jax.device_put(variables, nn.unbox(shardings))
+    run = jax.jit(lambda v, a, n: SpeechEncoder(config).apply(v, a, n, output_layer=2))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        hidden, _ = run(placed, fixture["audio"][:2], fixture["lengths"][:2])
+    assert relative_error(hidden, fixture["hidden"][2][:2], fixture["frame_lengths"][:2]) < TOLERANCE
