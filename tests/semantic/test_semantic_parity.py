@@ -189,8 +189,9 @@ def test_preset_layouts():
         assert (config.hop_length, config.receptive_field, config.frame_rate) == (320, 400, 50.0)
 
 
-def test_live_parity_with_transformers():
-    """Both families in both layouts, built by transformers with random weights, against ours."""
+def test_live_parity_with_transformers(tmp_path):
+    """Both families in both layouts, built by transformers with random weights, against ours; .bin and fairseq
+    .pt files written by torch.save."""
     torch = pytest.importorskip("torch", reason="the live comparison needs torch")
     pytest.importorskip("transformers", reason="the live comparison needs transformers")
     script = ROOT / "tools" / "make_semantic_fixtures.py"
@@ -209,6 +210,12 @@ def test_live_parity_with_transformers():
         errors = [relative_error(hidden[k], reference[k], frames) for k in range(len(hidden))]
         assert max(errors) < TOLERANCE, (family, fields, errors)
         assert isinstance(next(iter(model.state_dict().values())), torch.Tensor)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    fairseq = {fairseq_name(k, config): v for k, v in model.state_dict().items()}
+    torch.save({"cfg": {"model": {"_name": "hubert"}}, "model": fairseq}, tmp_path / "hubert.pt")
+    for path in (tmp_path / "pytorch_model.bin", tmp_path / "hubert.pt"):
+        for a, b in zip(jax.tree.leaves(import_speech_encoder(path, config)), jax.tree.leaves(variables)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_parameters_shard_by_the_conformer_rules():
