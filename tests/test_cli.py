@@ -150,17 +150,70 @@ def test_help_explains_every_subcommand(env):
     assert cli(env, "no-such-command", expect=2).returncode == 2
 
 
-def test_spectrogram_png_round_trip(tmp_path):
+def pixel(ax, seconds, hz):
+    """The (row, column) of the image where `ax` draws time `seconds`, frequency `hz` (rows count from the top)."""
+    from soundstorm_jax.codec.spectral import hz_to_mel
+    x, y = ax.transData.transform((seconds, float(hz_to_mel(hz))))
+    return int(round(ax.figure.bbox.height - y)), int(round(x))
+
+
+def test_spectrogram_png_of_a_ten_second_clip(tmp_path):
+    """A 500 Hz tone for 10 s: the PNG decodes at 800 x 300, and the tone's row is the bright one."""
+    from PIL import Image
+
     from soundstorm_jax.cli import spectrogram
-    t = np.arange(4000) / RATE
-    low, high = np.sin(2 * np.pi * 500 * t), np.sin(2 * np.pi * 5000 * t)
-    path = spectrogram.write_spectrogram(str(tmp_path / "s.png"), high, prompt_audio=low[:1000])
-    image = spectrogram.read_png(path)
-    prompt_width = 1 + (1000 - 256) // 64
-    assert image.shape == (129, prompt_width + 3 + 1 + (4000 - 256) // 64)
-    # Loud = dark, low frequencies at the bottom: 500 Hz is row 128 - 8, 5000 Hz is row 128 - 80.
-    assert image[128 - 8, :prompt_width].mean() < 50 and image[128 - 80, :prompt_width].mean() > 200
-    assert image[128 - 80, prompt_width + 3:].mean() < 50 and image[128 - 8, prompt_width + 3:].mean() > 200
+    audio = 0.5 * np.sin(2 * np.pi * 500 * np.arange(10 * RATE) / RATE)
+    path = spectrogram.write_spectrogram(str(tmp_path / "s.png"), audio, RATE)  # One draw: well under a second.
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (800, 300)
+        rgb = np.asarray(image.convert("RGB"), np.int32)
+    assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50  # Not blank: a colour map, labels, a colour bar.
+    figure = spectrogram.figure(audio, RATE, title="s.png")
+    np.testing.assert_array_equal(spectrogram.to_rgb(figure), rgb)  # The same picture, drawn: where the data lands.
+    ax = figure.axes[0]
+    brightness = [rgb[pixel(ax, 5.0, hz)].sum() for hz in (500, 250, 1000, 4000)]
+    assert brightness[0] > 600 and max(brightness[1:]) < 200, brightness  # magma: loud is pale yellow, quiet black.
+    row, column = pixel(ax, 10.0, 500)
+    assert 700 < column < 800 and rgb[row, column - 3].sum() > 600  # The time axis ends at 10 s.
+
+
+def test_spectrogram_marks_where_the_prompt_ends():
+    """The same audio with and without a prompt: the pictures differ at the boundary's column only."""
+    from matplotlib.lines import Line2D
+
+    from soundstorm_jax.cli import spectrogram
+    audio = 0.1 * np.random.default_rng(0).normal(size=2 * RATE)
+    cut = RATE // 2  # 0.5 s of prompt.
+    with_prompt = spectrogram.figure(audio[cut:], RATE, audio[:cut], title="t")
+    without = spectrogram.figure(audio, RATE, title="t")
+    a, b = (spectrogram.to_rgb(f).astype(np.int32) for f in (with_prompt, without))
+    assert a.shape == b.shape == (300, 800, 3)
+    ax = with_prompt.axes[0]
+    (line,) = [artist for artist in ax.get_children() if isinstance(artist, Line2D) and artist.get_gid()]
+    assert list(line.get_xdata()) == [0.5, 0.5]
+    labels = [t.get_text() for t in ax.texts]
+    assert labels == ["prompt", "continuation"]
+    top, column = pixel(ax, 0.5, RATE / 2)
+    bottom, _ = pixel(ax, 0.5, 0)
+    below_labels = slice(top + 20, bottom)  # The labels sit in the axes' top 20 pixels, beside the line.
+    changed = np.flatnonzero(np.abs(a[below_labels] - b[below_labels]).sum(axis=(0, 2)))
+    assert changed.size and changed.min() >= column - 2 and changed.max() <= column + 2, (changed, column)
+    cyan = np.array([0x00, 0xe5, 0xff])
+    drawn = (np.abs(a[below_labels, changed] - cyan).sum(axis=-1) < 60).mean(axis=0)
+    assert drawn.max() > 0.4, drawn  # A cyan dashed line: about half of its column drawn.
+
+
+def test_spectrogram_comparison_shares_one_scale():
+    """TensorBoard's picture: reference over output, one dB scale (a silent output stays dark under a loud tone)."""
+    from soundstorm_jax.cli import spectrogram
+    tone = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(RATE) / RATE)
+    figure = spectrogram.comparison_figure(tone, np.zeros(RATE // 2), RATE)
+    rgb = spectrogram.to_rgb(figure).astype(np.int32)
+    assert rgb.shape == (500, 800, 3)
+    top, bottom = figure.axes[:2]
+    assert (top.get_title(), bottom.get_title()) == ("reference", "output")
+    assert top.get_xlim() == bottom.get_xlim() == (0.0, 1.0)  # The longer clip's time, for both.
+    assert rgb[pixel(top, 0.25, 1000)].sum() > 600 and rgb[pixel(bottom, 0.25, 1000)].sum() < 60
 
 
 def test_python_dash_m_runs_the_same_command(env):
@@ -273,10 +326,9 @@ def test_generate_writes_codes_and_audio(env, tmp_path, soundstorm_workdir, code
     written = result.stdout.split()
     assert written == [str(tmp_path / "audio" / f"sample_{i:03d}.{ext}") for i in range(2)
                        for ext in ("npy", "wav", "png")]
-    from soundstorm_jax.cli.spectrogram import read_png
-    image = read_png(tmp_path / "audio" / "sample_000.png")
-    assert image.shape == (129, 1 + 3 + 1)  # prompt | white gap | sample, 129 frequency rows (n_fft 256).
-    assert (image[:, 1:4] == 255).all()
+    from PIL import Image
+    with Image.open(tmp_path / "audio" / "sample_000.png") as image:
+        assert image.format == "PNG" and image.size == (800, 300)
     for i in range(2):
         codes = np.load(tmp_path / "audio" / f"sample_{i:03d}.npy")
         assert codes.shape == (16, 3)  # 0.004 s x 16 kHz / hop 4.

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 import soundfile
+from PIL import Image
 
 import gcs_emulator
 from gcs_emulator import BUCKET, blob_names, read_blob
@@ -119,8 +120,9 @@ def test_files_round_trip_through_the_bucket(gcs, tmp_path, monkeypatch):
     assert rate == 16000 and np.abs(audio - tone).max() < 1e-4
     assert soundfile.read(io.BytesIO(read_blob("unit/run/a.wav")))[1] == 16000
 
-    spectrogram.write_spectrogram(f"{run}/a.png", tone)
-    assert spectrogram.read_png(f"{run}/a.png").shape[0] == 129
+    spectrogram.write_spectrogram(f"{run}/a.png", tone, 16000)
+    with Image.open(io.BytesIO(read_blob("unit/run/a.png"))) as image:
+        assert image.format == "PNG" and image.size == (800, 300)
 
     codes = np.arange(12, dtype=np.int16).reshape(4, 3)
     buffer = io.BytesIO()

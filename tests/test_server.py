@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile
+from PIL import Image
 from starlette.exceptions import StarletteDeprecationWarning
 
 with warnings.catch_warnings():  # Starlette 1.x would rather its TestClient ran on httpx2; httpx serves as well.
@@ -130,7 +131,7 @@ def test_concurrent_requests_are_batched_and_get_what_they_get_alone(engine):
     assert wav(together[0].json()) != wav(together[4].json())  # Same seed, other length: other audio.
 
 
-def test_wav_format_headers_and_spectrogram(engine, tmp_path):
+def test_wav_format_headers_and_spectrogram(engine):
     with client(make_app(engine)) as c:
         response = c.post("/v1/generate", params={"format": "wav"}, json=dict(id="héllo\nX-Evil: 1", frames=24))
         assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
@@ -144,11 +145,19 @@ def test_wav_format_headers_and_spectrogram(engine, tmp_path):
         assert wav(json_response) == response.content  # The same request, as JSON: the same file.
         assert json_response["sample_rate"] == SAMPLE_RATE and json_response["seconds"] == 0.024
         assert json_response["notices"] == [] and json_response["queue_seconds"] >= 0
-        png = tmp_path / "s.png"
-        png.write_bytes(base64.b64decode(json_response["spectrogram_png_base64"]))
-        image = spectrogram.read_png(str(png))
-        expected = spectrogram.to_image(spectrogram.log_spectrogram(audio.astype(np.float32) / 32768))
-        assert image.shape == expected.shape and image.shape[0] == 129
+        with Image.open(io.BytesIO(base64.b64decode(json_response["spectrogram_png_base64"]))) as image:
+            assert image.format == "PNG" and image.size == (800, 300)
+            got = np.asarray(image.convert("RGB"), np.int32)
+        # The sample's picture, drawn here from its 16-bit WAV: the same title (the request's id), axes and colour
+        # bar; in the axes, a spectrogram (the tiny model's quiet audio loses its faint bins to the rounding).
+        figure = spectrogram.figure(audio.astype(np.float32) / 32768, SAMPLE_RATE,
+                                    title=f"request {json_response['id']}")
+        expected = spectrogram.to_rgb(figure)
+        x0, y0, x1, y1 = np.round(figure.axes[0].bbox.extents).astype(int)
+        inside = np.zeros(got.shape[:2], bool)
+        inside[300 - y1:300 - y0, x0:x1] = True
+        np.testing.assert_array_equal(got[~inside], expected[~inside])
+        assert len(np.unique(got[inside], axis=0)) > 20
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------

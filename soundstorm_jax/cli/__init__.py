@@ -10,5 +10,5 @@
   serve      `soundstorm serve`: an HTTP server around one model, batching concurrent requests
   demo       `soundstorm demo`: the whole pipeline on the embedded corpus
   launch     `soundstorm launch`: a command as the N processes of one JAX job on this machine
-  spectrogram  spectrogram PNGs (numpy + zlib) for `generate --spectrogram` and the server
+  spectrogram  mel spectrogram pictures (matplotlib) for `generate --spectrogram`, the demo, the server, TensorBoard
 """

@@ -100,8 +100,8 @@ def add_parser(subparsers, parents):
                              "fsdp, parameters as in training (default data=-1: every local device, data parallel)")
     parser.add_argument("--out", metavar="DIR", default="generated", help="output folder (default ./generated)")
     parser.add_argument("--spectrogram", action="store_true",
-                        help="with a codec, also draw sample_NNN.png: the sample's spectrogram, next to the "
-                             "prompt's (left) when a prompt is given")
+                        help="with a codec, also draw sample_NNN.png: the sample's mel spectrogram (time in s, "
+                             "frequency in Hz, dB colours), a line where the prompt ends when one is given")
     parser.add_argument("--save-codes", action="store_true",
                         help="with a codec, also write the codes (.npy); without one they are always written")
     parser.set_defaults(run=run, request_flags=())
@@ -281,10 +281,6 @@ def run(args, out, extra):
     if args.seconds is not None:
         frames = max(1, int(args.seconds * codec.sample_rate // codec.hop_length))
     _check_prompt(args, net, prompt, frames, semantic, codec)
-    prompt_audio = None
-    if args.spectrogram and prompt is not None:  # What the prompt sounds like through the codec.
-        prompt_audio = np.asarray(codec.decode(prompt[None].astype(np.int32)))[0]
-
     mesh = make_mesh(args.mesh, mesh_shape)
     keys = jax.random.split(jax.random.PRNGKey(args.seed), args.num_samples)
     written, shapes = [], []
@@ -312,8 +308,10 @@ def run(args, out, extra):
             if codec is not None:
                 audio = np.asarray(codec.decode(sample[None].astype(np.int32)))[0]
                 written.append(write_wav(name + ".wav", audio, codec.sample_rate))
-                if args.spectrogram:
-                    written.append(spectrogram.write_spectrogram(name + ".png", audio, prompt_audio))
+                if args.spectrogram:  # The sample starts with the prompt's frames: the line marks where it ends.
+                    cut = 0 if prompt is None else len(prompt) * codec.hop_length
+                    written.append(spectrogram.write_spectrogram(name + ".png", audio[cut:], codec.sample_rate,
+                                                                 None if prompt is None else audio[:cut]))
     record = dict(command="generate", files=written, shapes=shapes, workdir=args.workdir)
     if codec is not None:
         record["sample_rate"] = codec.sample_rate

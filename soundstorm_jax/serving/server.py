@@ -222,13 +222,15 @@ async def _generate(request: HttpRequest, engine: Engine, batcher: Batcher, limi
     if parsed.codes or audio is None:  # Without a codec the codes are the answer.
         payload["codes"] = result.codes.tolist()
     if spectrogram:
-        payload["spectrogram_png_base64"] = await asyncio.to_thread(_spectrogram_png, result.audio)
+        payload["spectrogram_png_base64"] = await asyncio.to_thread(_spectrogram_png, result.audio,
+                                                                    result.sample_rate, rid)
     return JSONResponse(payload)
 
 
-def _spectrogram_png(audio: np.ndarray) -> str:
+def _spectrogram_png(audio: np.ndarray, sample_rate: int, rid: str) -> str:
     from soundstorm_jax.cli import spectrogram
-    return base64.b64encode(spectrogram.png_bytes(spectrogram.spectrogram_image(audio))).decode("ascii")
+    png = spectrogram.spectrogram_png(audio, sample_rate, title=f"request {rid}")
+    return base64.b64encode(png).decode("ascii")
 
 
 # ---- running it ------------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ first ones of the evaluation split; 0 = none):
     for clip i (its first third of frames as the prompt, its semantic tokens if
     the model reads them, a fixed key: evaluations differ only by the model),
     `samples/<i>/reference` (the clip's own codes through the codec, once per
-    process) and `samples/<i>/spectrogram` (reference | generated);
+    process) and `samples/<i>/spectrogram` (mel spectrograms, reference over generated);
   - the codec: `reconstructions/<i>/reconstructed` (all levels),
     `reconstructions/<i>/original` (once per process) and
-    `reconstructions/<i>/spectrogram` (original | reconstructed).
+    `reconstructions/<i>/spectrogram` (original over reconstructed).
 
 Only process 0 writes; in a multi-process run every process computes the
 media (the same clips and keys: their programs are collectives) from
@@ -286,9 +286,8 @@ class TensorBoardWriter:
             self._audio(f"{section}/{i}/{names[0]}", clip.output, clip.sample_rate, step)
             if not self._references_written:  # They do not change during a run.
                 self._audio(f"{section}/{i}/{names[1]}", clip.reference, clip.sample_rate, step)
-            image = spectrogram.side_by_side(spectrogram.to_image(spectrogram.log_spectrogram(clip.reference)),
-                                             spectrogram.to_image(spectrogram.log_spectrogram(clip.output)))
-            self._writer.add_image(f"{section}/{i}/spectrogram", image, step, dataformats="HW")
+            figure = spectrogram.comparison_figure(clip.reference, clip.output, clip.sample_rate, names[::-1])
+            self._writer.add_image(f"{section}/{i}/spectrogram", spectrogram.to_rgb(figure), step, dataformats="HWC")
         self._references_written = True
 
     def _audio(self, tag: str, audio: np.ndarray, sample_rate: int, step: int) -> None:
