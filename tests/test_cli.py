@@ -203,6 +203,16 @@ def test_spectrogram_marks_where_the_prompt_ends():
     assert drawn.max() > 0.4, drawn  # A cyan dashed line: about half of its column drawn.
 
 
+def test_spectrogram_of_silence_with_a_users_title():
+    """Silence stays dark (not 0 dB everywhere); a title with "$" and a newline is drawn as one plain line."""
+    from soundstorm_jax.cli import spectrogram
+    figure = spectrogram.figure(np.zeros(RATE), RATE, title="pays $5 for \\frac$\nX-Evil: 1")
+    rgb = spectrogram.to_rgb(figure).astype(np.int32)  # As TeX (mathtext), "$5 for \frac$" would fail to draw.
+    ax = figure.axes[0]
+    assert ax.get_title() == "pays $5 for \\frac$ X-Evil: 1"
+    assert rgb[pixel(ax, 0.5, 1000)].sum() < 60
+
+
 def test_spectrogram_comparison_shares_one_scale():
     """TensorBoard's picture: reference over output, one dB scale (a silent output stays dark under a loud tone)."""
     from soundstorm_jax.cli import spectrogram

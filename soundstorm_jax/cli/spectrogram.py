@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 
 from soundstorm_jax.codec.spectral import hz_to_mel, mel_filterbank_np
 
-FLOOR_DB = -80.0
+FLOOR_DB = -80.0  # below the loudest bin: the colour scale's bottom.
+SILENCE_DB = -100.0  # absolute: 0 dB is the loudest bin, or this when all is quieter (silence stays dark).
 N_MELS = 64
 SIZE = (8.0, 3.0)  # inches; at DPI: 800 x 300 pixels, a few tens of ms to draw.
 DPI = 100
@@ -60,13 +61,15 @@ def mel_db(audio: np.ndarray, sample_rate: int, *, n_mels: int = N_MELS) -> tupl
     """
     n_fft = fft_size(sample_rate)
     hop = n_fft // 4
-    audio = np.pad(np.asarray(audio, np.float64).ravel(), n_fft // 2)
+    audio = np.pad(np.nan_to_num(np.asarray(audio, np.float64).ravel()), n_fft // 2)
     mel = mel_filterbank_np(sample_rate, n_fft, n_mels).T.astype(np.float64) @ stft_magnitude(audio, n_fft=n_fft,
                                                                                               hop=hop)
     return 20 * np.log10(np.maximum(mel, 1e-10)), hop / sample_rate
 
 
-def _shorten(title: str) -> str:
+def _one_line(title: str) -> str:
+    """Titles come from users (texts, request ids): one line, at most MAX_TITLE characters."""
+    title = " ".join(title.split())
     return title if len(title) <= MAX_TITLE else title[:MAX_TITLE - 1] + "…"
 
 
@@ -118,9 +121,9 @@ def figure(audio: np.ndarray, sample_rate: int, prompt_audio: np.ndarray | None 
     db, seconds_per_frame = mel_db(audio, sample_rate)
     fig = Figure(figsize=SIZE, dpi=DPI)
     (ax,), cax = _panels(fig, 1)
-    image = _draw(ax, db, seconds_per_frame, sample_rate, db.max(), audio.size / sample_rate)
+    image = _draw(ax, db, seconds_per_frame, sample_rate, max(db.max(), SILENCE_DB), audio.size / sample_rate)
     ax.set_xlabel("time (s)")
-    ax.set_title(_shorten(title), fontsize=10)
+    ax.set_title(_one_line(title), fontsize=10, parse_math=False)  # A "$" is a dollar, not TeX.
     fig.colorbar(image, cax=cax, format="%+.0f dB")
     if prompt_seconds is not None:
         ax.axvline(prompt_seconds, color=BOUNDARY_COLOR, linewidth=1.5, linestyle="--", gid="prompt-boundary")
@@ -136,13 +139,13 @@ def comparison_figure(reference: np.ndarray, output: np.ndarray, sample_rate: in
                       names: tuple[str, str] = ("reference", "output")) -> Figure:
     """Reference (top) over output (bottom), on one time axis and one dB scale (0 dB = the louder's loudest bin)."""
     dbs = [mel_db(x, sample_rate) for x in (reference, output)]
-    top_db = max(db.max() for db, _ in dbs)
+    top_db = max(SILENCE_DB, *(db.max() for db, _ in dbs))
     seconds = max(np.size(x) for x in (reference, output)) / sample_rate
     fig = Figure(figsize=(SIZE[0], 2 * SIZE[1] - 1), dpi=DPI)
     axes, cax = _panels(fig, 2)
     for ax, (db, seconds_per_frame), name in zip(axes, dbs, names):
         image = _draw(ax, db, seconds_per_frame, sample_rate, top_db, seconds)
-        ax.set_title(name, fontsize=10)
+        ax.set_title(name, fontsize=10, parse_math=False)
     axes[1].set_xlabel("time (s)")
     fig.colorbar(image, cax=cax, format="%+.0f dB")
     return fig
