@@ -5,7 +5,7 @@ axis, dB relative to the loudest bin as colour (with a colour bar) and, when
 a prompt is given, a labelled vertical line where the prompt ends and the
 continuation begins. `comparison_figure` stacks a reference over an output on
 one colour scale (TensorBoard). Figures are built with `matplotlib.figure.Figure`
-and `FigureCanvasAgg`, never pyplot: no global state, safe in threads.
+and `FigureCanvasAgg`, never pyplot: no global state (the server draws in worker threads).
 
 `log_power` (linear-frequency STFT dB) is the demo's log-spectral distance.
 """
@@ -23,7 +23,7 @@ from soundstorm_jax.codec.spectral import hz_to_mel, mel_filterbank_np
 FLOOR_DB = -80.0  # below the loudest bin: the colour scale's bottom.
 SILENCE_DB = -100.0  # absolute: 0 dB is the loudest bin, or this when all is quieter (silence stays dark).
 N_MELS = 64
-SIZE = (8.0, 3.0)  # inches; at DPI: 800 x 300 pixels, a few tens of ms to draw.
+SIZE = (8.0, 3.0)  # inches; at DPI: 800 x 300 pixels, a 10 s clip drawn in about 0.3 s on a 2-core CPU.
 DPI = 100
 COLORMAP = "magma"
 BOUNDARY_COLOR = "#00e5ff"  # cyan: stands out against every colour of magma.
