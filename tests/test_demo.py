@@ -111,9 +111,26 @@ def test_demo_report_beats_the_unigram_baseline(demo):
     assert accuracy.mean() > unigram.mean(), rows
     assert (report["codec"]["steps"], report["soundstorm"]["steps"]) == (CODEC_STEPS, SOUNDSTORM_STEPS)
     assert np.isfinite(report["codec"]["snr_db"]) and np.isfinite(report["codec"]["log_spectral_distance_db"])
-    assert set(report["stage_seconds"]) == {"corpus", "codec", "encode", "soundstorm", "evaluate", "generate"}
+    assert set(report["stage_seconds"]) == {"corpus", "codec", "encode", "soundstorm", "evaluate", "generate",
+                                            "listen"}
     markdown = (out / "report.md").read_text()
     assert "| level | accuracy | unigram | ratio |" in markdown and "| total |" in markdown
+    # The recognizer's and the voice measure's figures (evaluation/): present, finite, in range.
+    speech = report["speech"]
+    for name in ("originals", "reconstructions", "generated", "wrong_sentence"):
+        assert 0 <= speech["intelligibility"][name]["accuracy"] <= 1 and speech["intelligibility"][name]["frames"] > 0
+    assert np.isfinite(speech["intelligibility"]["reconstruction_ratio"])
+    assert np.isfinite(speech["intelligibility"]["generated_ratio"])
+    assert speech["intelligibility"]["originals"]["accuracy"] > 0.4  # the recognizer works on the held-out voice
+    assert speech["voice"]["voices"] == 6
+    for name in ("originals", "reconstructions", "generated"):
+        assert 1 <= speech["voice"][name]["mean_rank"] <= 6 and np.isfinite(speech["voice"][name]["mean_margin"])
+        assert np.isfinite(speech["voice"][name]["mean_distance"])
+    for sample in report["samples"]:
+        assert 0 <= sample["accuracy"] <= 1 and 0 <= sample["wrong_sentence_accuracy"] <= 1
+        assert 1 <= sample["voice_rank"] <= 6 and np.isfinite(sample["voice_margin"])
+    assert "## Intelligibility and voice (held-out voice)" in markdown
+    assert "| held-out originals | their own |" in markdown and "| generated | another sentence's |" in markdown
 
 
 def test_generate_from_text_and_semantic_files_on_the_demo_model(demo, run, tmp_path):

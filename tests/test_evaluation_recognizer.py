@@ -154,6 +154,7 @@ def test_the_speech_report_is_complete(corpus, trained):
     assert set(scores) == {"originals", "reconstructions", "generated", "wrong_sentence", "reconstruction_ratio",
                            "generated_ratio"}
     assert report["recognizer"]["training_clips"] == 30 and report["voice"]["voices"] == 6
+    assert report["voice"]["originals"]["top1"] == 1.0 and report["voice"]["originals"]["clips"] == 4
     assert len(report["samples"]) == 2 and all(s["voice_rank"] == 1 for s in report["samples"])
     assert scores["wrong_sentence"]["accuracy"] < 0.5 * scores["generated"]["accuracy"]
     assert json.loads(json.dumps(report)) == report  # JSON-ready

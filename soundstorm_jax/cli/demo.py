@@ -7,6 +7,8 @@ Stages (each timed; the report lists them):
   4. soundstorm  train configs/demo.py on the codes, conditioned on the phoneme ids (time-boxed)
   5. evaluate    held-out accuracy per level (sampler's view of a level) against a unigram baseline
   6. generate    held-out sentences spoken from held-out voice prompts: WAVs and spectrogram PNGs
+  7. listen      a phoneme recognizer and a voice measure trained on the training voices (seconds) score the
+                 held-out originals, their codec reconstructions and the generated speech (evaluation/)
 
 OUT/report.json and OUT/report.md hold the figures; OUT/samples the audio.
 The two training stages share what `--minutes` leaves after the fixed stages
@@ -32,7 +34,7 @@ DEFAULT_MINUTES = 12.0
 MIN_MINUTES = 3.0
 RESERVED_MINUTES = 2.0   # corpus, encoding, evaluation, generation and compiles
 CODEC_SHARE = 0.4
-FINAL_STAGES_SECONDS = 75.0  # evaluation, generation and the report (compiles included)
+FINAL_STAGES_SECONDS = 100.0  # evaluation, generation, listening and the report (compiles included)
 SOUNDSTORM_SECONDS_PER_STEP = 0.85  # configs/demo.py on a 2-core CPU; sets the LR schedule's length
 SAMPLE_RATE, FRAME_RATE = 16000, 50.0
 
@@ -71,7 +73,7 @@ class Stages:
         self.out, self.seconds, self._name, self._start = out, {}, None, None
 
     def start(self, name: str, message: str) -> None:
-        self.out.info(f"[{len(self.seconds) + 1}/6] {message}")
+        self.out.info(f"[{len(self.seconds) + 1}/7] {message}")
         self._name, self._start = name, time.perf_counter()
 
     def stop(self) -> None:
@@ -133,11 +135,12 @@ def _records(builder, split: str) -> list[dict]:
     return [source[i] for i in range(len(source))]
 
 
-def _codec_quality(codec, audio_records: list[dict], codes_by_id: dict) -> dict:
-    """Reconstruction quality on held-out utterances: SNR and log-spectral distance (dB)."""
+def _codec_quality(codec, audio_records: list[dict], codes_by_id: dict) -> tuple[dict, list[np.ndarray]]:
+    """Reconstruction quality on held-out utterances: SNR and log-spectral distance (dB), and the
+    reconstructions (float (samples_i,) per record, cut to the shorter of the original and the decoded codes)."""
     from soundstorm_jax.data.audio_io import int16_to_float
 
-    snrs, lsds = [], []
+    snrs, lsds, reconstructions = [], [], []
     bucket = 2 * int(codec.frame_rate)  # Codes padded to 2 s multiples: a few compiled shapes, not one per file.
     for record in audio_records:
         audio = int16_to_float(record["audio"])
@@ -146,12 +149,13 @@ def _codec_quality(codec, audio_records: list[dict], codes_by_id: dict) -> dict:
         padded[0, :len(codes)] = codes
         rec = np.asarray(codec.decode(padded))[0][:min(len(audio), len(codes) * codec.hop_length)]
         audio = audio[:len(rec)]
+        reconstructions.append(rec)
         snrs.append(10 * np.log10(np.sum(audio ** 2) / max(np.sum((audio - rec) ** 2), 1e-12)))
         a = spectrogram.log_power(audio)
         b = spectrogram.log_power(rec)
         lsds.append(float(np.mean(np.sqrt(np.mean((a - b) ** 2, axis=0)))))
     return dict(snr_db=round(float(np.mean(snrs)), 2), log_spectral_distance_db=round(float(np.mean(lsds)), 2),
-                utterances=len(audio_records))
+                utterances=len(audio_records)), reconstructions
 
 
 def run(args, out, extra):
@@ -203,7 +207,9 @@ def run(args, out, extra):
     train_codes = _records(codes_builder, "train")
     held_out = _records(codes_builder, "validation")
     codes_by_id = {r["id"].decode(): r["codes"] for r in held_out}
-    report["codec"].update(_codec_quality(codec, _records(corpus, "validation"), codes_by_id))
+    held_out_audio = _records(corpus, "validation")
+    quality, reconstructions = _codec_quality(codec, held_out_audio, codes_by_id)
+    report["codec"].update(quality)
     stages.stop()
 
     # SoundStorm gets whatever is left but the last stages' share, so codec overruns do not add up.
@@ -239,7 +245,14 @@ def run(args, out, extra):
 
     stages.start("generate", f"speaking {args.samples} held-out sentence(s) in the held-out voice ...")
     script = {u.id: u for u in espeak_corpus.utterances(args.corpus, args.seed)}
-    report["samples"] = _generate_samples(model, variables, codec, held_out, script, prompt_frames, args, out)
+    report["samples"], generated = _generate_samples(model, variables, codec, held_out, script, prompt_frames,
+                                                     args, out)
+    stages.stop()
+
+    stages.start("listen", "scoring intelligibility and voice with a recognizer trained on the training voices ...")
+    report["speech"] = _speech_metrics(_records(corpus, "train"), held_out_audio, reconstructions, generated, args.seed)
+    for sample, figures in zip(report["samples"], report["speech"].pop("samples")):
+        sample.update(figures)
     stages.stop()
 
     report["stage_seconds"] = stages.seconds
@@ -249,17 +262,21 @@ def run(args, out, extra):
     return 0
 
 
-def _generate_samples(model, variables, codec, held_out, script, prompt_frames, args, out) -> list[dict]:
+def _generate_samples(model, variables, codec, held_out, script, prompt_frames, args, out) -> tuple[list, list]:
     """Sample i: the voice prompt is held-out utterance i's first frames (codes and phonemes); the
-    sentence is utterance i+1's text, phonemized with the prompt speaker's voice, rate and pitch."""
+    sentence is utterance i+1's text, phonemized with the prompt speaker's voice, rate and pitch.
+
+    Returns the report's rows and, per sample, an `evaluation.report.GeneratedClip`: the speech after the
+    prompt, the ids it was conditioned on, and utterance i+2's ids as the wrong sentence (chance level)."""
     import jax
 
     from soundstorm_jax.data import phonemize
+    from soundstorm_jax.evaluation.report import GeneratedClip
     from soundstorm_jax.sampler.generate import generate
 
     samples_dir = make_out_dir(os.path.join(args.out, "samples"))
     key = jax.random.PRNGKey(args.seed)
-    results = []
+    results, clips = [], []
     for i in out.progress(range(args.samples), desc="generate", unit="sample"):
         prompt_record = held_out[i % len(held_out)]
         text_record = held_out[(i + 1) % len(held_out)]
@@ -282,7 +299,23 @@ def _generate_samples(model, variables, codec, held_out, script, prompt_frames, 
                             prompt_from=prompt_record["id"].decode(), voice=utt.speaker.voice,
                             seconds=round(len(audio) / codec.sample_rate, 2),
                             sample_rate=codec.sample_rate))
-    return results
+        clips.append(GeneratedClip(audio[len(prompt_audio):], timed.frame_ids,
+                                   held_out[(i + 2) % len(held_out)]["semantic_ids"], utt.speaker.name))
+    return results, clips
+
+
+def _speech_metrics(train_audio: list[dict], held_out_audio: list[dict], reconstructions, generated, seed) -> dict:
+    """`evaluation.report.speech_report` on the corpus records (int16 audio, semantic_ids, speaker)."""
+    import jax
+
+    from soundstorm_jax.data.audio_io import int16_to_float
+    from soundstorm_jax.evaluation.report import Clip, speech_report
+
+    def clips(records):
+        return [Clip(int16_to_float(r["audio"]), np.asarray(r["semantic_ids"]), r["speaker"].decode())
+                for r in records]
+    return speech_report(clips(train_audio), clips(held_out_audio), jax.random.PRNGKey(seed),
+                         reconstructions=reconstructions, generated=generated)
 
 
 def _write_report(report: dict, out_dir: str) -> list[str]:
@@ -294,6 +327,8 @@ def _write_report(report: dict, out_dir: str) -> list[str]:
 
 
 def _markdown(r: dict) -> list[str]:
+    from soundstorm_jax.evaluation.report import markdown as speech_markdown  # jax and flax: not at CLI start-up
+
     c, s = r["codec"], r["soundstorm"]
     lines = [f"# soundstorm demo ({r['corpus']} corpus, seed {r['seed']}, {r['budget']})", "",
              "## Codec (held-out voice)", "",
@@ -307,13 +342,20 @@ def _markdown(r: dict) -> list[str]:
              "| level | accuracy | unigram | ratio |", "|---|---|---|---|"]
     lines += [f"| {row['level']} | {row['accuracy']:.3f} | {row['unigram']:.3f} | {_fmt(row['ratio'])} |"
               for row in r["held_out_accuracy"]]
+    lines += ["", "## Intelligibility and voice (held-out voice)", ""] + speech_markdown(r["speech"])
     lines += ["", "## Samples", ""]
     lines += [f"- `{os.path.basename(x['wav'])}` ({x['seconds']} s, prompt from {x['prompt_from']}): "
-              f"\"{x['text']}\"" for x in r["samples"]]
+              f"\"{x['text']}\"; frame accuracy {_pct(x['accuracy'])} (wrong sentence "
+              f"{_pct(x['wrong_sentence_accuracy'])}), voice rank {x['voice_rank']} (margin {x['voice_margin']:.2f}, "
+              f"nearest {x['nearest_voice']})" for x in r["samples"]]
     lines += ["", "## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {sec} |" for name, sec in r["stage_seconds"].items()]
     lines += [f"| total | {r['total_seconds']} |"]
     return lines
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def _fmt(value) -> str:
@@ -327,5 +369,11 @@ def _summary_lines(r: dict, paths: list[str]) -> list[str]:
              f"soundstorm: {r['soundstorm']['steps']} steps, held-out accuracy per level "
              + " ".join(f"{row['accuracy']:.2f}" for row in acc)
              + f" (mean {mean('accuracy'):.3f} vs unigram {mean('unigram'):.3f})"]
+    speech = r["speech"]["intelligibility"]
+    lines.append("recognized frames: " + ", ".join(
+        f"{name.replace('_', ' ')} {_pct(speech[name]['accuracy'])}"
+        for name in ("originals", "reconstructions", "generated", "wrong_sentence") if name in speech)
+        + f"; generated voice rank {r['speech']['voice']['generated']['mean_rank']:.1f} of "
+          f"{r['speech']['voice']['voices']}")
     lines += [f"wrote {x['wav']}" for x in r["samples"]]
     return lines + [f"report: {paths[0]}", f"total {r['total_seconds']:.0f} s"]
