@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import math
@@ -95,10 +96,8 @@ class Batcher:
             await asyncio.sleep(0.02)
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):  # The cancellation we just asked for.
                 await self._worker
-            except asyncio.CancelledError:
-                pass
         self._thread.shutdown(wait=False)
         left = self._taken + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
         for pending in left:  # Left behind by the timeout: their callers get ShuttingDown.
