@@ -132,27 +132,28 @@ def _semantic(path, num_samples):
     return np.ascontiguousarray(ids.astype(np.int32))
 
 
-def _text_semantic(text, voice, config, num_samples):
+def _semantic_ids(ids_of, *args) -> np.ndarray:
+    """`serving.engine`'s text -> phoneme ids, its RequestError said with the flag's name (exit 2)."""
+    from soundstorm_jax.serving.requests import RequestError
+    try:
+        return ids_of(*args)
+    except RequestError as e:
+        raise CliError(f"--{(e.field or 'text').replace('_', '-')} {e.detail}") from None
+
+
+def _text_semantic(text, voice, config, net, num_samples) -> np.ndarray:
     """Text -> (num_samples, tokens) phoneme ids at the model's semantic rate (config.data.semantic_rate)."""
-    rate = config.data.get("semantic_rate")
-    if not config.model.get("num_semantic_token_ids") or not rate:
-        raise CliError("--text needs a model trained on semantic tokens (phoneme ids, e.g. the embedded corpus); "
-                       "this one has no semantic conditioning (config.model.num_semantic_token_ids / "
-                       "config.data.semantic_rate are unset)")
-    from soundstorm_jax.data import phonemize
-    ids = phonemize(text, voice=voice, frame_rate=float(rate)).frame_ids
-    return np.ascontiguousarray(np.broadcast_to(ids.astype(np.int32), (num_samples, ids.shape[0])))
+    from soundstorm_jax.serving.engine import text_semantic_ids
+    ids = _semantic_ids(text_semantic_ids, text, voice, config, net)
+    return np.ascontiguousarray(np.broadcast_to(ids, (num_samples, ids.shape[0])))
 
 
 def _prompt_semantic(args, config, net, frames: int, num_samples: int) -> np.ndarray:
-    """(num_samples, tokens) semantic ids covering the prompt's `frames` (tokens = frames / acoustic_per_semantic,
-    rounded up): --prompt-text's phonemes stretched over them, else the semantic pad id (no conditioning)."""
-    tokens = max(1, math.ceil(frames / net.acoustic_per_semantic - 1e-9))
-    if args.prompt_text is None:
-        return np.full((num_samples, tokens), net.semantic_pad_id, np.int32)
-    ids = _text_semantic(args.prompt_text, args.voice, config, 1)[0]
-    stretched = ids[np.arange(tokens) * len(ids) // tokens]
-    return np.ascontiguousarray(np.broadcast_to(stretched, (num_samples, tokens)))
+    """(num_samples, tokens) semantic ids covering the prompt's `frames` (`serving.engine.prompt_semantic_ids`):
+    --prompt-text's phonemes stretched over them, else the semantic pad id (no conditioning)."""
+    from soundstorm_jax.serving.engine import prompt_semantic_ids
+    ids = _semantic_ids(prompt_semantic_ids, args.prompt_text, args.voice, config, net, frames)
+    return np.ascontiguousarray(np.broadcast_to(ids, (num_samples, ids.shape[0])))
 
 
 def _check_sampling_flags(args) -> None:
@@ -260,7 +261,7 @@ def run(args, out, extra):
     net = model.net
     _check_against_model(args, model, steps)
     if args.text is not None:
-        semantic = _text_semantic(args.text, args.voice, config, args.num_samples)
+        semantic = _text_semantic(args.text, args.voice, config, net, args.num_samples)
     if prompt is not None and (prompt.min() < 0 or prompt.max() >= net.codebook_size):
         raise CliError(f"prompt codes {args.prompt_codes!r} hold values in [{prompt.min()}, {prompt.max()}] but "
                        f"the model's codes lie in [0, {net.codebook_size})")

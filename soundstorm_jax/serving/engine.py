@@ -75,7 +75,8 @@ def text_semantic_ids(text: str, voice: str, config, net, field: str = "text") -
     rate = config.data.get("semantic_rate") if config is not None else None
     if not net.num_semantic_token_ids or not rate:
         raise RequestError(field, "needs a model trained on semantic tokens (phoneme ids, e.g. the embedded "
-                                  "corpus); this one has no semantic conditioning")
+                                  "corpus); this one has no semantic conditioning (config.model."
+                                  "num_semantic_token_ids / config.data.semantic_rate are unset)")
     from soundstorm_jax.data import phonemize
     try:
         return phonemize(text, voice=voice, frame_rate=float(rate)).frame_ids.astype(np.int32)
