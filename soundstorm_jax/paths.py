@@ -131,3 +131,15 @@ def upload_tree(source: PathLike, target: PathLike) -> None:
 
 __all__ = ["REACH_TIMEOUT_S", "StorageError", "bucket_of", "check_reachable", "is_remote", "readable",
            "upload_tree", "walk"]
+
+
+def read_npz_state_dict(path: PathLike) -> dict:
+    """A checkpoint saved as ``.npz`` (local or gs://) -> {name: array}. Names prefixed ``param/`` (the form the
+    fixture tools write, beside inputs and outputs) keep only those, unprefixed; otherwise every array."""
+    import numpy as np
+    with np.load(readable(path), allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    if any(k.startswith("param/") for k in arrays):
+        arrays = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
+    return arrays
+

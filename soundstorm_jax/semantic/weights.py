@@ -133,11 +133,7 @@ def _load_file(path: str) -> Mapping[str, Any]:
     if path.endswith(".safetensors"):
         return read_safetensors(path)
     if path.endswith(".npz"):
-        with np.load(paths.readable(path), allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-        if any(k.startswith("param/") for k in arrays):
-            arrays = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
-        return arrays
+        return paths.read_npz_state_dict(path)
     try:
         import torch
     except ImportError as err:
