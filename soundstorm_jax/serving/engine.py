@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import dataclasses
 import io
 import math
 import os
 import re
-import time
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -367,10 +365,3 @@ class Engine:
             for job, result in zip(batch, self.run(batch)):
                 results[id(job)] = result
         return [results[id(job)] for job in jobs]
-
-
-@contextlib.contextmanager
-def stopwatch():
-    """``with stopwatch() as elapsed: ...; elapsed()`` -> seconds since entering."""
-    start = time.perf_counter()
-    yield lambda: time.perf_counter() - start
