@@ -1,17 +1,22 @@
 """`soundstorm demo`: the whole pipeline on the embedded corpus, start to finish, on a laptop CPU.
 
+By default the codec and SoundStorm are the ones shipped in the package (soundstorm_jax/pretrained/: the
+same configs trained longer by tools/train_demo_weights.py) and the demo takes a couple of minutes;
+`--from-scratch` (implied by --minutes, --codec-steps and --soundstorm-steps) trains both within the budget.
+
 Stages (each timed; the report lists them):
   1. corpus      synthesize the eSpeak corpus (tiny: ~4 min of speech, 6 voices, one held out)
-  2. codec       train configs/demo_codec.py on it (time-boxed)
+  2. codec       train configs/demo_codec.py on it (time-boxed), or copy the shipped codec
   3. encode      encode the corpus into a codes dataset; codec quality on the held-out voice
-  4. soundstorm  train configs/demo.py on the codes, conditioned on the phoneme ids (time-boxed)
+  4. soundstorm  train configs/demo.py on the codes, conditioned on the phoneme ids (time-boxed), or copy
+                 the shipped SoundStorm
   5. evaluate    held-out accuracy per level (sampler's view of a level) against a unigram baseline
   6. generate    held-out sentences spoken from held-out voice prompts: WAVs and spectrogram PNGs
   7. listen      a phoneme recognizer and a voice measure trained on the training voices (seconds) score the
                  held-out originals, their codec reconstructions and the generated speech (evaluation/)
 
 OUT/report.json and OUT/report.md hold the figures; OUT/samples the audio.
-The two training stages share what `--minutes` leaves after the fixed stages
+From scratch, the two training stages share what `--minutes` leaves after the fixed stages
 (about RESERVED_MINUTES): the codec 40%, SoundStorm the rest. Both stop at their
 time limit with a checkpoint (or, with --codec-steps / --soundstorm-steps, after
 exactly that many steps: the same work on any machine, as the tests run it), so
@@ -26,7 +31,7 @@ import time
 import numpy as np
 from etils import epath
 
-from soundstorm_jax import paths
+from soundstorm_jax import paths, pretrained
 from soundstorm_jax.cli import spectrogram
 from soundstorm_jax.cli.common import CliError, make_out_dir, write_wav
 
@@ -46,9 +51,13 @@ def add_parser(subparsers, parents):
                     "SoundStorm conditioned on phonemes, then speak held-out sentences in a held-out voice. "
                     "Writes WAVs, spectrogram PNGs and report.md / report.json under --out.")
     parser.add_argument("--out", metavar="DIR", default="demo", help="output folder (default ./demo)")
-    parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
-                        help=f"wall-clock budget for the whole demo (default {DEFAULT_MINUTES:g}); more minutes "
-                             f"train longer and sound better, e.g. --minutes 40 (at least {MIN_MINUTES:g})")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="train the codec and SoundStorm in this run (within --minutes) instead of starting "
+                             "from the weights shipped in the package")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help=f"wall-clock budget of a --from-scratch run (default {DEFAULT_MINUTES:g}; implies "
+                             f"--from-scratch); more minutes train longer and sound better, e.g. --minutes 40 "
+                             f"(at least {MIN_MINUTES:g})")
     parser.add_argument("--corpus", choices=("tiny", "small"), default="tiny",
                         help="embedded corpus size: tiny (~4 min of speech, built in seconds) or small (~1 h)")
     parser.add_argument("--samples", type=int, default=3, help="held-out sentences to generate (default 3)")
@@ -81,6 +90,11 @@ class Stages:
 
 
 def _check_args(args) -> None:
+    """Also settles args.from_scratch and args.minutes; returns the shipped weights to use (None: train)."""
+    args.from_scratch = args.from_scratch or any(
+        value is not None for value in (args.minutes, args.codec_steps, args.soundstorm_steps))
+    if args.minutes is None:
+        args.minutes = DEFAULT_MINUTES
     if not args.minutes >= MIN_MINUTES:
         raise CliError(f"--minutes must be at least {MIN_MINUTES:g} (the fixed stages alone take about "
                        f"{RESERVED_MINUTES:g}), got {args.minutes:g}")
@@ -96,6 +110,19 @@ def _check_args(args) -> None:
         path = os.path.join(args.out, stage)
         if epath.Path(path).is_dir() and any(epath.Path(path).iterdir()):
             raise CliError(f"{path!r} already holds a run; give a new --out folder (the demo starts from scratch)")
+    if args.from_scratch:
+        return None
+    shipped = pretrained.demo_weights()
+    if shipped is None:
+        raise CliError("this installation has no shipped demo weights (soundstorm_jax/pretrained/demo); "
+                       "run `soundstorm demo --from-scratch`")
+    from soundstorm_jax.data import espeak_corpus
+    seen = sorted({u.speaker.name for u in espeak_corpus.utterances(args.corpus, args.seed)
+                   if u.split != "train"} & set(shipped.training_speakers))
+    if seen:
+        raise CliError(f"the shipped weights were trained on {', '.join(seen)}, which --corpus {args.corpus} "
+                       f"--seed {args.seed} holds out; add --from-scratch (or use --seed {shipped.card['seed']})")
+    return shipped
 
 
 def _train(config, workdir: str, seconds, out, desc: str):
@@ -119,7 +146,10 @@ def _train(config, workdir: str, seconds, out, desc: str):
         return summary
 
 
-def _budget_line(args) -> str:
+def _budget_line(args, shipped) -> str:
+    if shipped is not None:
+        return f"shipped weights: codec {shipped.card['codec_steps']} steps, SoundStorm " \
+               f"{shipped.card['soundstorm_steps']} steps (`{shipped.card['command']}`)"
     if not (args.codec_steps or args.soundstorm_steps):
         return f"{args.minutes:g} minute budget"
     line = f"codec {args.codec_steps or 'time-boxed'} steps, SoundStorm {args.soundstorm_steps or 'time-boxed'} steps"
@@ -160,13 +190,18 @@ def _codec_quality(codec, audio_records: list[dict], codes_by_id: dict) -> tuple
 
 def run(args, out, extra):
     del extra
-    _check_args(args)
+    shipped = _check_args(args)
     make_out_dir(args.out)
     begin = time.perf_counter()
     stages = Stages(out)
     train_seconds = (args.minutes - RESERVED_MINUTES) * 60
-    report = dict(command="demo", out=args.out, minutes=args.minutes, seed=args.seed, corpus=args.corpus,
-                  budget=_budget_line(args))
+    report = dict(command="demo", out=args.out, minutes=args.minutes if shipped is None else None, seed=args.seed,
+                  corpus=args.corpus, budget=_budget_line(args, shipped),
+                  weights=dict(codec="trained in this run" if shipped is None else "shipped",
+                               soundstorm="trained in this run" if shipped is None else "shipped"))
+    if shipped is not None:
+        report["shipped"] = dict(command=shipped.card["command"], corpus=shipped.card["corpus"],
+                                 seed=shipped.card["seed"], training_speakers=list(shipped.training_speakers))
 
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()  # The stages have their own bars.
@@ -184,16 +219,24 @@ def run(args, out, extra):
     report["corpus_splits"] = {k: int(v.num_examples) for k, v in corpus.info.splits.items()}
     stages.stop()
 
-    codec_seconds = None if args.codec_steps else CODEC_SHARE * train_seconds
-    stages.start("codec", f"training the codec ({_budget(codec_seconds, args.codec_steps)}) ...")
-    codec_config = load_config("demo_codec")
-    codec_config.seed = args.seed
-    codec_config.data.dir = audio_dir
-    # A constant learning rate: without --codec-steps the time limit ends the run.
-    codec_config.total_steps = args.codec_steps or 10**6
-    summary = _train(codec_config, os.path.join(args.out, "codec"), codec_seconds, out, "codec")
-    report["codec"] = dict(steps=summary.step, train_mel_loss=summary.last_metrics.get("mel_loss"),
-                           eval_mel_loss=(summary.last_eval or {}).get("eval_mel_loss"))
+    if shipped is None:
+        codec_seconds = None if args.codec_steps else CODEC_SHARE * train_seconds
+        stages.start("codec", f"training the codec ({_budget(codec_seconds, args.codec_steps)}) ...")
+        codec_config = load_config("demo_codec")
+        codec_config.seed = args.seed
+        codec_config.data.dir = audio_dir
+        # Without --codec-steps the time limit ends the run, at a constant learning rate; with it the rate
+        # decays over the run.
+        codec_config.total_steps = args.codec_steps or 10**6
+        codec_config.optimizer.decay_steps = args.codec_steps
+        summary = _train(codec_config, os.path.join(args.out, "codec"), codec_seconds, out, "codec")
+        report["codec"] = dict(steps=summary.step, train_mel_loss=summary.last_metrics.get("mel_loss"),
+                               eval_mel_loss=(summary.last_eval or {}).get("eval_mel_loss"))
+    else:  # OUT/codec and OUT/soundstorm hold the shipped exports: later commands find them where they would be
+        stages.start("codec", f"copying the shipped codec ({shipped.card['codec_steps']} steps) ...")
+        paths.upload_tree(shipped.codec_path, os.path.join(args.out, "codec"))
+        report["codec"] = dict(steps=shipped.card["codec_steps"], train_mel_loss=None,
+                               eval_mel_loss=shipped.card["figures"]["codec"].get("eval_mel_loss"))
     stages.stop()
 
     stages.start("encode", "encoding the corpus with the codec ...")
@@ -212,20 +255,27 @@ def run(args, out, extra):
     report["codec"].update(quality)
     stages.stop()
 
-    # SoundStorm gets whatever is left but the last stages' share, so codec overruns do not add up.
-    remaining = None if args.soundstorm_steps else max(
-        30.0, begin + args.minutes * 60 - FINAL_STAGES_SECONDS - time.perf_counter())
-    stages.start("soundstorm", f"training SoundStorm ({_budget(remaining, args.soundstorm_steps)}) ...")
-    config = load_config("demo")
-    config.seed = args.seed
-    config.data.dir = codes_dir
-    config.total_steps = args.soundstorm_steps or max(50, int(remaining / SOUNDSTORM_SECONDS_PER_STEP))
-    if args.steps is not None:
-        config.objective.steps = args.steps
-    summary = _train(config, os.path.join(args.out, "soundstorm"), remaining, out, "soundstorm")
-    report["soundstorm"] = dict(steps=summary.step, planned_steps=int(config.total_steps),
-                                train_loss=summary.last_metrics.get("loss"),
-                                train_accuracy=summary.last_metrics.get("accuracy"))
+    if shipped is None:
+        # SoundStorm gets whatever is left but the last stages' share, so codec overruns do not add up.
+        remaining = None if args.soundstorm_steps else max(
+            30.0, begin + args.minutes * 60 - FINAL_STAGES_SECONDS - time.perf_counter())
+        stages.start("soundstorm", f"training SoundStorm ({_budget(remaining, args.soundstorm_steps)}) ...")
+        config = load_config("demo")
+        config.seed = args.seed
+        config.data.dir = codes_dir
+        config.total_steps = args.soundstorm_steps or max(50, int(remaining / SOUNDSTORM_SECONDS_PER_STEP))
+        if args.steps is not None:  # saved with the run: later `soundstorm generate` calls use it too
+            config.objective.steps = args.steps
+        summary = _train(config, os.path.join(args.out, "soundstorm"), remaining, out, "soundstorm")
+        report["soundstorm"] = dict(steps=summary.step, planned_steps=int(config.total_steps),
+                                    train_loss=summary.last_metrics.get("loss"),
+                                    train_accuracy=summary.last_metrics.get("accuracy"))
+    else:
+        stages.start("soundstorm", f"copying the shipped SoundStorm ({shipped.card['soundstorm_steps']} steps) ...")
+        paths.upload_tree(shipped.path, os.path.join(args.out, "soundstorm"))
+        report["soundstorm"] = dict(steps=shipped.card["soundstorm_steps"],
+                                    planned_steps=shipped.card["soundstorm_steps"], train_loss=None,
+                                    train_accuracy=None)
     stages.stop()
 
     stages.start("evaluate", "held-out accuracy per level ...")
@@ -286,7 +336,7 @@ def _generate_samples(model, variables, codec, held_out, script, prompt_frames, 
         prompt = np.asarray(prompt_record["codes"][:prompt_frames], np.int32)
         semantic = np.concatenate([prompt_record["semantic_ids"][:prompt_frames], timed.frame_ids]).astype(np.int32)
         codes = np.asarray(generate(model, variables, semantic_ids=semantic[None], prompt=prompt,
-                                    key=jax.random.fold_in(key, i)))[0]
+                                    steps=args.steps, key=jax.random.fold_in(key, i)))[0]
         audio = np.asarray(codec.decode(codes[None].astype(np.int32)))[0]
         prompt_audio = audio[:prompt_frames * codec.hop_length]
         stem = os.path.join(samples_dir, f"sample_{i:03d}")
@@ -330,8 +380,15 @@ def _markdown(r: dict) -> list[str]:
     from soundstorm_jax.evaluation.report import markdown as speech_markdown  # jax and flax: not at CLI start-up
 
     c, s = r["codec"], r["soundstorm"]
-    lines = [f"# soundstorm demo ({r['corpus']} corpus, seed {r['seed']}, {r['budget']})", "",
-             "## Codec (held-out voice)", "",
+    w = r["weights"]
+    lines = [f"# soundstorm demo ({r['corpus']} corpus, seed {r['seed']})", "", f"Budget: {r['budget']}.", "",
+             f"Weights: codec {w['codec']}, SoundStorm {w['soundstorm']}."]
+    if "shipped" in r:
+        x = r["shipped"]
+        lines[-1] += (f" The shipped weights were trained by `{x['command']}` on the {x['corpus']} corpus "
+                      f"(seed {x['seed']}), voices {', '.join(x['training_speakers'])}; the held-out voice was "
+                      f"never trained on.")
+    lines += ["", "## Codec (held-out voice)", "",
              f"{c['steps']} steps; SNR {c['snr_db']} dB, log-spectral distance {c['log_spectral_distance_db']} dB "
              f"over {c['utterances']} utterances; eval mel loss {_fmt(c['eval_mel_loss'])}.", "",
              "## SoundStorm held-out accuracy per level", "",
@@ -365,8 +422,9 @@ def _fmt(value) -> str:
 def _summary_lines(r: dict, paths: list[str]) -> list[str]:
     acc = r["held_out_accuracy"]
     mean = lambda key: float(np.mean([row[key] for row in acc]))  # noqa: E731
-    lines = [f"codec: {r['codec']['steps']} steps, held-out SNR {r['codec']['snr_db']} dB",
-             f"soundstorm: {r['soundstorm']['steps']} steps, held-out accuracy per level "
+    w = r["weights"]
+    lines = [f"codec ({w['codec']}): {r['codec']['steps']} steps, held-out SNR {r['codec']['snr_db']} dB",
+             f"soundstorm ({w['soundstorm']}): {r['soundstorm']['steps']} steps, held-out accuracy per level "
              + " ".join(f"{row['accuracy']:.2f}" for row in acc)
              + f" (mean {mean('accuracy'):.3f} vs unigram {mean('unigram'):.3f})"]
     speech = r["speech"]["intelligibility"]

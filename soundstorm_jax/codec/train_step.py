@@ -54,6 +54,8 @@ class CodecTrainConfig:
     ``adversarial_start_step`` on) and the hinge loss for the discriminators.
     ``flatten_optimizer``: Adam state as one flat vector per group (cheap to compile; shardable only
     along that one axis) or one array per parameter (shaped like it: FSDP shards it like the parameter).
+    ``lr_decay_steps``: None keeps both learning rates constant; N decays them along a cosine to a tenth over
+    the first N steps (a run of known length ends on small steps, which polishes the reconstructions).
     """
     codec: SoundStream = dataclasses.field(default_factory=SoundStream)
     discriminator: CodecDiscriminator = dataclasses.field(default_factory=CodecDiscriminator)
@@ -70,6 +72,14 @@ class CodecTrainConfig:
     feature_matching_weight: float = 3.0
     adversarial_start_step: int = 0
     flatten_optimizer: bool = True
+    lr_decay_steps: int | None = None
+
+
+def learning_rate(config: CodecTrainConfig, peak: float) -> optax.ScalarOrSchedule:
+    """`peak`, constant or (with `config.lr_decay_steps`) decayed along a cosine to `peak / 10`."""
+    if config.lr_decay_steps is None:
+        return peak
+    return optax.cosine_decay_schedule(peak, int(config.lr_decay_steps), alpha=0.1)
 
 
 class CodecTrainState(flax.struct.PyTreeNode):
@@ -94,8 +104,8 @@ def codec_optimizer(config: CodecTrainConfig) -> optax.GradientTransformation:
     def labels(params):
         return {group: jax.tree.map(lambda _: group, tree) for group, tree in params.items()}
 
-    return optax.multi_transform({'generator': adam(config.generator_lr),
-                                  'discriminator': adam(config.discriminator_lr)}, labels)
+    return optax.multi_transform({'generator': adam(learning_rate(config, config.generator_lr)),
+                                  'discriminator': adam(learning_rate(config, config.discriminator_lr))}, labels)
 
 
 def init_codec_train_state(config: CodecTrainConfig, rng: jax.Array, sample_audio: jax.Array) -> CodecTrainState:
@@ -180,6 +190,9 @@ def codec_train_step(state: CodecTrainState, audio: jax.Array, rng: jax.Array) -
     params = optax.apply_updates(state.params, updates)
     metrics['generator_grad_norm'] = optax.tree.norm(grads['generator'])
     metrics['discriminator_grad_norm'] = optax.tree.norm(grads['discriminator'])
+    for group in ('generator', 'discriminator'):  # the rate this update used
+        lr = learning_rate(state.config, getattr(state.config, f'{group}_lr'))
+        metrics[f'{group}_lr'] = jnp.asarray(lr(state.step) if callable(lr) else lr, jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, vq_stats=vq_stats, opt_state=opt_state)
     return new_state, metrics
 

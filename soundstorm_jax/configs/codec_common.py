@@ -40,6 +40,7 @@ def codec_base_config() -> ml_collections.ConfigDict:
 
     c.optimizer = ml_collections.ConfigDict(dict(
         generator_lr=2e-4, discriminator_lr=2e-4, b1=0.5, b2=0.9, clip_norm=10.0,
+        decay_steps=placeholder(int),  # None: constant rates; N: a cosine down to a tenth over the first N steps
         flatten=True))  # Adam state: one flat vector per group (True) or one array per parameter (False, FSDP)
 
     c.data = ml_collections.ConfigDict(dict(

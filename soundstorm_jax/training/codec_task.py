@@ -111,6 +111,7 @@ def codec_train_config(config: Any, mesh: Optional[Mesh] = None) -> CodecTrainCo
         adam_b1=float(opt.get("b1", defaults.adam_b1)), adam_b2=float(opt.get("b2", defaults.adam_b2)),
         grad_clip_norm=None if opt.get("clip_norm") is None else float(opt["clip_norm"]),
         flatten_optimizer=flatten,
+        lr_decay_steps=None if opt.get("decay_steps") is None else int(opt["decay_steps"]),
         **{k: _tuples(v) for k, v in config_lib.read_section(config, "loss").items()})
 
 
@@ -256,8 +257,7 @@ class CodecTask:
         record = {k: metrics[k] for k in LOGGED}
         seconds = self.batch_size * self.segment / self.sample_rate
         record.update(step_time=step_time, audio_seconds_per_s=seconds / step_time,
-                      generator_lr=self.train_config.generator_lr,
-                      discriminator_lr=self.train_config.discriminator_lr)
+                      generator_lr=metrics["generator_lr"], discriminator_lr=metrics["discriminator_lr"])
         return record
 
 

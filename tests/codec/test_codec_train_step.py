@@ -128,3 +128,20 @@ def test_each_parameter_group_gets_only_its_own_loss_gradient():
     # By linearity grad(g + d) = grad(g) + grad(d); with no cross terms each group sees only its own loss.
     assert zero(g_only['discriminator']) and zero(d_only['generator'])
     assert not zero(g_only['generator']) and not zero(d_only['discriminator'])
+
+
+def test_learning_rates_are_constant_or_decay_along_a_cosine_to_a_tenth(trained_codec):
+    import dataclasses
+    from soundstorm_jax.codec.train_step import learning_rate
+    from soundstorm_jax.training.codec_task import codec_train_config
+    from soundstorm_jax.training.config import load_config
+
+    config, _, history, _, _ = trained_codec
+    assert config.lr_decay_steps is None
+    assert {h['generator_lr'] for h in history} == {np.float32(config.generator_lr)}  # logged: the rate used
+    schedule = learning_rate(dataclasses.replace(config, lr_decay_steps=10), 1e-3)
+    np.testing.assert_allclose([schedule(s) for s in (0, 5, 10, 20)], [1e-3, 5.5e-4, 1e-4, 1e-4], rtol=1e-5)
+    run_config = load_config("demo_codec")
+    assert codec_train_config(run_config).lr_decay_steps is None  # the config's default: constant
+    run_config.optimizer.decay_steps = 7
+    assert codec_train_config(run_config).lr_decay_steps == 7
