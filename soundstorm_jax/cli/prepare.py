@@ -4,6 +4,15 @@
     OUT/corpus  with --corpus: the synthesized eSpeak corpus and its dataset (with a gs:// OUT only
                 the dataset: the WAVs stay in the local corpus cache)
     OUT/codes   with --codec/--encodec: the codes dataset (train SoundStorm on it: --config.data.dir=OUT/codes)
+    OUT/kmeans.npz, OUT/kmeans.json
+                with --semantic ... --fit-kmeans K: the k-means fitted on the dataset's features, and what it was
+                fitted on (a later run with the same settings reuses it; --kmeans OUT/kmeans.npz elsewhere)
+
+With --semantic CHECKPOINT --layer N (--kmeans FILE or --fit-kmeans K, optionally --pool P) the codes dataset's
+semantic ids are that HuBERT / wav2vec 2.0 layer's k-means ids, computed in the same batched pass as the codes
+(each clip resampled to the encoder's 16 kHz when the dataset is at another rate), and its metadata gives their
+rate and vocabulary (`semantic_rate`, `semantic_vocab_size`), from which training takes num_semantic_token_ids and
+acoustic_per_semantic. Every bad semantic flag is refused before the codec or the encoder is compiled.
 
 Each dataset records what it was made from (the source files with their sizes and modification times, or the
 corpus's name, seed and rates; the sample rate and resampling; the split settings; for codes the audio dataset and
@@ -55,9 +64,27 @@ def add_parser(subparsers, parents):
     add_codec_options(parser, required=False)
     parser.add_argument("--encode-batch-size", type=int, default=8,
                         help="waveforms per codec call while encoding (default 8)")
+    semantic = parser.add_argument_group("semantic ids (k-means ids of a HuBERT / wav2vec 2.0 layer)")
+    semantic.add_argument("--semantic", metavar="CHECKPOINT",
+                          help="a HuBERT / wav2vec 2.0 checkpoint: a transformers model folder (config.json + "
+                               "model.safetensors), a .safetensors/.npz/.bin file or a fairseq .pt; its k-means "
+                               "ids are written beside the codes (needs --codec or --encodec)")
+    semantic.add_argument("--layer", metavar="N", type=_layer, default=None,
+                          help="with --semantic: the hidden state the k-means reads, 0..layers ('last': the final "
+                               "output), e.g. 9 for hubert_base_ls960's k-means files")
+    semantic.add_argument("--kmeans", metavar="FILE",
+                          help="with --semantic: the k-means centres (.npz, .npy, or a scikit-learn joblib file as "
+                               "audiolm-pytorch's HubertWithKmeans loads)")
+    semantic.add_argument("--fit-kmeans", metavar="K", type=int, default=None,
+                          help="with --semantic, instead of --kmeans: fit a k-means with K centres on the layer's "
+                               "features of the training clips first (seeded by --seed), saved as OUT/kmeans.npz")
+    semantic.add_argument("--pool", metavar="N", type=int, default=1,
+                          help="with --semantic: average N frames per token before the k-means (2: 50 Hz -> 25 Hz, "
+                               "the paper's rate; default 1)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="remove and rebuild a dataset in OUT that was made from other files, settings or "
-                             "another codec (default: stop and name what changed; one that matches is reused)")
+                        help="remove and rebuild a dataset in OUT that was made from other files, settings, "
+                             "another codec or other semantic ids, and refit an OUT/kmeans.npz fitted on other "
+                             "features (default: stop and name what changed; one that matches is reused)")
     parser.set_defaults(run=run)
     return parser
 
@@ -68,6 +95,13 @@ def run(args, out, extra):
         raise CliError(f"--validation-fraction must lie in [0, 1), got {args.validation_fraction}")
     if args.sample_rate is not None and args.sample_rate <= 0:
         raise CliError(f"--sample-rate must be positive, got {args.sample_rate}")
+    if args.semantic is None:
+        given = [flag for flag, value in (("--layer", args.layer), ("--kmeans", args.kmeans),
+                                          ("--fit-kmeans", args.fit_kmeans), ("--pool", args.pool != 1 or None))
+                 if value is not None]
+        if given:
+            raise CliError(f"{given[0]} goes with --semantic CHECKPOINT (the speech encoder whose k-means ids to "
+                           f"write)")
     if args.audio is not None:
         require_dir(args.audio, "audio folder")
     from soundstorm_jax import distributed
@@ -76,6 +110,7 @@ def run(args, out, extra):
         process_index, process_count = jax.process_index(), jax.process_count()
     else:
         process_index, process_count = 0, 1
+    semantic = _load_semantic(args) if args.semantic else None  # Host-side checks before any compilation.
     make_out_dir(args.out)
     codec, codec_identity = _load_codec(args)
     sample_rate = args.sample_rate
@@ -135,22 +170,148 @@ def run(args, out, extra):
         out.info(f"encoding with the codec ({codec.num_quantizers} levels x {codec.codebook_size} codes) ...")
         metadata = {k: v for k, v in dict(builder.info.metadata or {}).items() if k != "provenance"}
         metadata.update(sample_rate=codec.sample_rate, frame_rate=codec.frame_rate, hop_length=codec.hop_length)
+        semantic_options, semantic_lines = {}, []
+        if semantic is not None:
+            semantic_options, semantic_record, semantic_lines = _semantic_ids(
+                args, out, semantic, builder, codec, metadata, process_index=process_index,
+                process_count=process_count, barrier=distributed.barrier)
+            record.update(semantic_record)
         with _stale_is_bad_input(codec):
             codes = prepare_codes_dataset(codes_dir, audio_source=builder, encode_fn=codec.encode,
                                           samples_per_frame=codec.hop_length, num_levels=codec.num_quantizers,
                                           codebook_size=codec.codebook_size, codec=codec_identity,
                                           encode_batch_size=args.encode_batch_size, metadata=_jsonable(metadata),
                                           process_index=process_index, process_count=process_count,
-                                          barrier=distributed.barrier, overwrite=args.overwrite)
+                                          barrier=distributed.barrier, overwrite=args.overwrite, **semantic_options)
         if not getattr(codes, "prepared_now", True) and process_index == 0:
             out.info(f"reusing {codes_dir}: it was made from the same audio with the same codec")
         code_splits = {name: int(split.num_examples) for name, split in codes.info.splits.items()}
         record.update(codes_dataset=codes_dir, codes_splits=code_splits)
         lines.append(f"codes dataset: {codes_dir} ({_splits(code_splits)}); train SoundStorm with "
                      f"--config.data.dir={codes_dir}")
+        lines += semantic_lines
     if process_index == 0:  # One result per job, not one per process.
         out.result(record, lines)
     return 0
+
+
+def _layer(text: str):
+    """--layer: a hidden-state index, or 'last'."""
+    if text == "last":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        import argparse
+        raise argparse.ArgumentTypeError(f"expected a hidden-state index (0, 1, ...) or 'last', got {text!r}") from None
+
+
+def _load_semantic(args) -> dict:
+    """The speech encoder and k-means that --semantic, --layer, --kmeans / --fit-kmeans and --pool name, loaded and
+    checked on the host (nothing compiles): {'config', 'variables', 'kmeans' (None with --fit-kmeans), 'sha256'}.
+    Every bad flag is a CliError naming it."""
+    from etils import epath
+
+    from soundstorm_jax.semantic import check_output_layer, load_kmeans, load_speech_encoder
+    from soundstorm_jax.semantic.dataset import tree_sha256
+    if args.codec is None and args.encodec is None:
+        raise CliError("--semantic needs --codec or --encodec: the semantic ids are written beside the codes")
+    if args.kmeans is not None and args.fit_kmeans is not None:
+        raise CliError("--kmeans and --fit-kmeans exclude each other: give --kmeans FILE to use a fitted k-means, "
+                       "or --fit-kmeans K to fit one on this dataset")
+    if args.kmeans is None and args.fit_kmeans is None:
+        raise CliError("--semantic needs --kmeans FILE (a fitted k-means) or --fit-kmeans K (fit one with K centres "
+                       "on this dataset's features first)")
+    if args.layer is None:
+        raise CliError("--semantic needs --layer N: the hidden state the k-means reads (e.g. 9 for "
+                       "hubert_base_ls960's k-means files)")
+    if args.pool < 1:
+        raise CliError(f"--pool must be a positive number of frames per token, got {args.pool}")
+    if args.fit_kmeans is not None and args.fit_kmeans < 1:
+        raise CliError(f"--fit-kmeans must be a positive number of centres, got {args.fit_kmeans}")
+    if not epath.Path(args.semantic).exists():
+        raise CliError(f"--semantic {args.semantic!r} does not exist")
+    kmeans = None
+    if args.kmeans is not None:  # The k-means file is read first: it is the cheaper, and the clearer, error.
+        try:
+            kmeans = load_kmeans(args.kmeans)
+        except FileNotFoundError as e:
+            raise CliError(f"--kmeans {args.kmeans!r} does not exist") from e
+        except (ValueError, ImportError) as e:
+            raise CliError(f"--kmeans {args.kmeans!r}: {_first_line(e)}") from e
+    try:
+        config, variables = load_speech_encoder(args.semantic)
+    except ImportError as e:
+        raise CliError(f"--semantic {args.semantic!r}: {_first_line(e)}") from e
+    except (ValueError, FileNotFoundError) as e:
+        message = _first_line(e).removeprefix("checkpoint: ")
+        raise CliError(f"--semantic {args.semantic!r}: {message}") from e
+    try:
+        check_output_layer(args.layer, config, name="--layer")
+    except ValueError as e:
+        raise CliError(_first_line(e)) from e
+    if kmeans is not None and kmeans.dim != config.hidden_size:
+        raise CliError(f"--kmeans {args.kmeans!r} has centres of dimension {kmeans.dim}, but --layer {args.layer} "
+                       f"of --semantic gives {config.hidden_size}-dim features: use the k-means fitted on this "
+                       f"encoder's features (or --fit-kmeans K)")
+    return dict(config=config, variables=variables, kmeans=kmeans, sha256=tree_sha256(variables))
+
+
+def _semantic_ids(args, out, semantic: dict, builder, codec, metadata: dict, *, process_index: int,
+                  process_count: int, barrier):
+    """({'semantic_fn', 'semantic'} for the codes dataset, the result record's entries, its lines); fits the k-means
+    first with --fit-kmeans (process 0; the others load it). Updates `metadata` with the ids' rate and vocabulary."""
+    from soundstorm_jax.data import provenance
+    from soundstorm_jax.semantic import SemanticTokenizer, load_kmeans
+    from soundstorm_jax.semantic.dataset import (MAX_FIT_VECTORS, fit_dataset_kmeans, fitted_kmeans,
+                                                 make_semantic_fn, semantic_identity, semantic_metadata)
+    config, variables, layer, pool = semantic["config"], semantic["variables"], args.layer, args.pool
+    if codec.sample_rate != config.sample_rate and process_index == 0:
+        out.notice(f"the semantic encoder reads {config.sample_rate} Hz audio: each clip is resampled from "
+                   f"{codec.sample_rate} Hz for its semantic ids (the codes are computed at {codec.sample_rate} Hz)")
+    lines, kmeans_path, codebook = [], args.kmeans, semantic["kmeans"]
+    if codebook is None:
+        kmeans_path = os.path.join(args.out, "kmeans.npz")
+        fitted_on = dict(audio=provenance.digest((builder.info.metadata or {}).get(provenance.PROVENANCE)),
+                         split="train", checkpoint=_absolute(args.semantic), weights_sha256=semantic["sha256"],
+                         layer=layer, pool=pool, num_clusters=args.fit_kmeans, seed=args.seed,
+                         max_vectors=MAX_FIT_VECTORS)
+
+        def fit():
+            out.info(f"fitting a k-means with {args.fit_kmeans} centres on layer {layer}'s features ...")
+            try:
+                return fit_dataset_kmeans(config, variables, layer, pool, builder, args.fit_kmeans,
+                                          batch_size=args.encode_batch_size, seed=args.seed, progress=out.progress)
+            except ValueError as e:
+                raise CliError(f"--fit-kmeans {args.fit_kmeans}: {_first_line(e)}") from e
+
+        if process_index == 0:
+            with _stale_is_bad_input(None):
+                codebook, reused = fitted_kmeans(kmeans_path, fitted_on, fit, overwrite=args.overwrite)
+            if reused:
+                out.info(f"reusing {kmeans_path}: it was fitted on the same features")
+        if process_count > 1:
+            barrier("soundstorm: k-means fitted")
+        if codebook is None:
+            codebook = load_kmeans(kmeans_path)
+        lines.append(f"k-means: {kmeans_path} ({codebook.num_clusters} centres; reuse it with --kmeans "
+                     f"{kmeans_path})")
+    tokenizer = SemanticTokenizer(config, variables, codebook, layer, pool=pool)
+    identity = semantic_identity(tokenizer, checkpoint=args.semantic, kmeans=kmeans_path,
+                                 encoder_sha256=semantic["sha256"])
+    for key in ("phonemes", "semantic_pad_id"):  # The embedded corpus's phoneme ids are replaced.
+        metadata.pop(key, None)
+    metadata.update(semantic_metadata(tokenizer, identity))
+    ratio = codec.frame_rate / tokenizer.rate
+    lines.append(f"semantic ids: {tokenizer.vocab_size} k-means ids at {tokenizer.rate:g} per second from layer "
+                 f"{layer} of {args.semantic} ({ratio:g} codec frames per semantic token)")
+    record = dict(semantic_rate=float(tokenizer.rate), semantic_vocab_size=tokenizer.vocab_size,
+                  kmeans=kmeans_path, acoustic_per_semantic=ratio)
+    return dict(semantic_fn=make_semantic_fn(tokenizer, codec.sample_rate), semantic=identity), record, lines
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _load_codec(args):
@@ -184,17 +345,8 @@ def _checkpoint_step(workdir: str):
 
 
 def _weights_sha256(codec) -> str:
-    import hashlib
-
-    import jax
-    import numpy as np
-    digest = hashlib.sha256()
-    leaves = jax.tree_util.tree_flatten_with_path(getattr(codec, "variables", {}))[0]
-    for path, leaf in sorted(leaves, key=lambda item: jax.tree_util.keystr(item[0])):
-        array = np.asarray(jax.device_get(leaf))
-        digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape};".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
+    from soundstorm_jax.semantic.dataset import tree_sha256
+    return tree_sha256(getattr(codec, "variables", {}))
 
 
 def _absolute(path: str) -> str:

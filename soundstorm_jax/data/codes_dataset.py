@@ -10,7 +10,9 @@ its optional semantic token ids. Two sources:
   codec's (jitted) encoder; audio is fed in fixed-shape padded batches so a
   jitted encoder compiles once per length bucket, and each example's codes
   are cut back to its own length (`ceil(samples / samples_per_frame)` frames).
-  Semantic ids, text and speaker are carried over from the audio records.
+  Semantic ids, text and speaker are carried over from the audio records, or,
+  given `semantic_fn` (e.g. a HuBERT layer + k-means, `semantic.dataset`), the
+  semantic ids are computed from the same padded batches in the same pass.
 
 Record:
 
@@ -29,7 +31,8 @@ folder, sample rate and a sha256 of its own provenance) and the codec's
 identity as the caller gives it (`codec=`; the command line records a trained
 codec's workdir, checkpoint step and a sha256 of its weights, or an EnCodec
 file's path and the same weights hash, plus levels, codebook size, sample
-rate, frame rate and hop), and the codebook size, levels and hop.
+rate, frame rate and hop), and the codebook size, levels and hop; with
+`semantic_fn`, the identity of what computed the semantic ids (`semantic=`).
 `prepare_codes_dataset` reuses a prepared dataset only when all of that
 matches, like `audio_folder.prepare_dataset`. Audio at another sample rate
 than the codec's (the `sample_rate` in `codec` or `metadata`) is refused, never
@@ -52,6 +55,10 @@ from soundstorm_jax.data import audio_folder, audio_io, provenance
 
 EncodeFn = Callable[[np.ndarray], Any]
 """(batch, samples) float32 in [-1, 1] -> codes (batch, frames, levels) ints."""
+
+SemanticFn = Callable[[np.ndarray, np.ndarray], tuple[Any, Any]]
+"""(audio (batch, samples) float32 in [-1, 1], valid samples (batch,), 0 for padding rows) ->
+(ids (batch, tokens) ints, valid tokens per row (batch,)): each row's first `count` ids are its semantic ids."""
 
 
 class CodesError(ValueError):
@@ -150,6 +157,24 @@ def describe_codec(codec: Optional[Mapping[str, Any]]) -> str:
     return f"a codec{shape}"
 
 
+def describe_semantic(semantic: Optional[Mapping[str, Any]]) -> str:
+    """A semantic-ids identity in words: "k-means ids (500 centres) of layer 9 of /models/hubert"."""
+    if not semantic:
+        return "the audio dataset's own semantic ids (if any)"
+    pool = f", pooled over {semantic['pool']} frames" if semantic.get("pool", 1) != 1 else ""
+    return (f"k-means ids ({semantic.get('vocab_size')} centres, {semantic.get('kmeans')}) of layer "
+            f"{semantic.get('layer')} of {semantic.get('checkpoint')}{pool}")
+
+
+def _semantic_changes(stored: Optional[Mapping], wanted: Optional[Mapping]) -> list[tuple[str, str]]:
+    if (stored or None) == (wanted or None):
+        return []
+    was, now = describe_semantic(stored), describe_semantic(wanted)
+    if was != now:
+        return [("semantic", f"its semantic ids were {was}; these are {now}")]
+    return provenance.mapping_changes("semantic", "its semantic ids were", stored, wanted)
+
+
 def _codec_changes(stored: Optional[Mapping], wanted: Optional[Mapping]) -> list[tuple[str, str]]:
     if (stored or None) == (wanted or None):
         return []
@@ -178,7 +203,8 @@ class CodesDataset(audio_folder.LocalBuilder):
                  pad_to_multiple: Optional[int] = None,
                  validation_fraction: float = 0.05, split_seed: int = 0,
                  metadata: Optional[Mapping[str, Any]] = None, share: tuple[int, int] = (0, 1),
-                 codec: Optional[Mapping[str, Any]] = None, **kwargs):
+                 codec: Optional[Mapping[str, Any]] = None, semantic_fn: Optional[SemanticFn] = None,
+                 semantic: Optional[Mapping[str, Any]] = None, **kwargs):
         """Args:
           codebook_size: K, codes per level; ids must lie in [0, K).
           num_levels: Q; inferred from the first `.npy` file when None.
@@ -198,6 +224,10 @@ class CodesDataset(audio_folder.LocalBuilder):
           codec: JSON-able identity of the encoder behind `encode_fn` (e.g. workdir, step, weights hash,
             levels, codebook size, sample rate): recorded, and a prepared dataset made with another is stale.
             Its `sample_rate` (else `metadata["sample_rate"]`) must be the audio dataset's.
+          semantic_fn: computes each example's semantic ids from the batches `encode_fn` gets (see
+            `SemanticFn`), replacing the audio records' own; None carries those over.
+          semantic: JSON-able identity of what `semantic_fn` computes (checkpoint, layer, k-means, rate, ...):
+            recorded, and a prepared dataset whose ids came from another is stale.
           **kwargs: for `tfds.core.GeneratorBasedBuilder`; `file_format`
             defaults to "array_record".
         """
@@ -207,6 +237,8 @@ class CodesDataset(audio_folder.LocalBuilder):
             raise ValueError("audio_source needs encode_fn and samples_per_frame")
         if audio_source is not None and num_levels is None:
             raise ValueError("audio_source needs num_levels (the codec's number of levels)")
+        if semantic_fn is not None and audio_source is None:
+            raise ValueError("semantic_fn computes semantic ids from audio: it needs audio_source")
         if codebook_size < 1:
             raise ValueError(f"codebook_size must be positive, got {codebook_size}")
         if audio_source is not None:
@@ -244,6 +276,8 @@ class CodesDataset(audio_folder.LocalBuilder):
         # audio dataset's, when its metadata is passed on).
         self._settings = provenance.jsonable(self._metadata)
         self._codec = None if codec is None else provenance.jsonable(dict(codec))
+        self._semantic_fn = semantic_fn
+        self._semantic = None if semantic is None else provenance.jsonable(dict(semantic))
         self._provenance = None
         self._metadata.update(codebook_size=codebook_size)
         if num_levels is not None:
@@ -286,6 +320,8 @@ class CodesDataset(audio_folder.LocalBuilder):
                                      "sample_rate": meta.get("sample_rate"),
                                      "provenance_sha256": provenance.digest(meta.get(provenance.PROVENANCE))},
                               codec=self._codec, samples_per_frame=self._samples_per_frame)
+                if self._semantic is not None:  # Absent otherwise: datasets made before it stay valid.
+                    record.update(semantic=self._semantic)
             self._provenance = record
         return self._provenance
 
@@ -310,6 +346,7 @@ class CodesDataset(audio_folder.LocalBuilder):
                 found.append(("audio", f"the audio dataset it was encoded from ({was.get('dataset')}) has been "
                                        f"rebuilt from other files or settings since"))
             found += _codec_changes(stored.get("codec"), wanted["codec"])
+            found += _semantic_changes(stored.get("semantic"), wanted.get("semantic"))
             codec_changed = any(key == "codec" for key, _ in found)
             shape = {k: wanted[k] for k in ("codebook_size", "num_levels", "samples_per_frame")}
         else:
@@ -383,6 +420,7 @@ class CodesDataset(audio_folder.LocalBuilder):
             audio = _pad_batch([r["audio"] for r in records], self._encode_batch_size,
                                self._pad_to_multiple)
             codes = np.asarray(self._encode_fn(audio))
+            semantic = self._semantic_ids(audio, records)
             if codes.ndim != 3 or codes.shape[0] != audio.shape[0]:
                 raise CodesError(f"encode_fn must return (batch, frames, levels) = "
                                  f"({audio.shape[0]}, ~{audio.shape[1] // hop}, "
@@ -396,8 +434,30 @@ class CodesDataset(audio_folder.LocalBuilder):
                                      f"(samples_per_frame={hop})")
                 checked = validate_codes(row[:frames], codebook_size=self._codebook_size,
                                          num_levels=self._num_levels, name=file_id)
-                yield file_id, self._example(checked, record["semantic_ids"], file_id,
+                yield file_id, self._example(checked, semantic.pop(0), file_id,
                                              record["text"].decode(), record["speaker"].decode())
+
+    def _semantic_ids(self, audio: np.ndarray, records: list[dict]) -> list[np.ndarray]:
+        """Each record's semantic ids: `semantic_fn`'s on the padded batch `audio`, else the record's own."""
+        if self._semantic_fn is None:
+            return [record["semantic_ids"] for record in records]
+        lengths = np.zeros(len(audio), np.int64)
+        lengths[:len(records)] = [len(record["audio"]) for record in records]
+        ids, counts = self._semantic_fn(audio, lengths)
+        ids, counts = np.asarray(ids), np.asarray(counts)
+        if (ids.ndim != 2 or ids.shape[0] != len(audio) or counts.shape != (len(audio),)
+                or (counts > ids.shape[-1]).any()):
+            raise CodesError(f"semantic_fn must return ids (batch, tokens) and counts (batch,) of at most tokens "
+                             f"for a batch of {len(audio)}, got shapes {ids.shape} and {counts.shape} (counts up "
+                             f"to {counts.max() if counts.size else None})")
+        out = []
+        for row, count, record in zip(ids, counts, records):
+            if count < 1:
+                samples = len(record["audio"])
+                raise CodesError(f"{record['id'].decode()!r} ({samples} samples) got no semantic ids: it is "
+                                 f"shorter than one frame of the semantic encoder; remove it from the audio folder")
+            out.append(row[:count])
+        return out
 
 
 def prepare_codes_dataset(data_dir: str, *, process_index: int = 0, process_count: int = 1,

@@ -13,13 +13,15 @@ from soundstorm_jax.semantic.config import (PRESETS, SpeechEncoderConfig, hubert
 from soundstorm_jax.semantic.encoder import LAST, SpeechEncoder, check_output_layer, init_speech_encoder
 from soundstorm_jax.semantic.kmeans import (KMeansCodebook, fit_kmeans, greedy_kmeans_plus_plus, load_kmeans,
                                             mean_pool, nearest_center)
-from soundstorm_jax.semantic.tokenizer import SemanticTokenizer, load_semantic_tokenizer
+from soundstorm_jax.semantic.tokenizer import (SemanticTokenizer, layer_features, load_semantic_tokenizer,
+                                               load_speech_encoder)
 from soundstorm_jax.semantic.weights import (fairseq_name, import_speech_encoder, infer_config, read_safetensors,
                                              transformers_name)
 
 __all__ = [
     "KMeansCodebook", "LAST", "PRESETS", "SemanticTokenizer", "SpeechEncoder", "SpeechEncoderConfig",
     "check_output_layer", "fairseq_name", "fit_kmeans", "greedy_kmeans_plus_plus", "hubert_base", "hubert_large",
-    "import_speech_encoder", "infer_config", "init_speech_encoder", "load_kmeans", "load_semantic_tokenizer",
+    "import_speech_encoder", "infer_config", "init_speech_encoder", "layer_features", "load_kmeans",
+    "load_semantic_tokenizer", "load_speech_encoder",
     "mean_pool", "nearest_center", "read_safetensors", "transformers_name", "wav2vec2_base", "wav2vec2_large",
 ]

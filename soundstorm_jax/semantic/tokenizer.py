@@ -52,6 +52,16 @@ def _flat(tree, prefix=""):
             yield f"{prefix}{k}", v
 
 
+def layer_features(config: SpeechEncoderConfig, layer: int | str, pool: int, variables, audio: jax.Array,
+                   lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """audio ``'b s'`` -> (features ``'b t d'`` of ``layer``, mean-pooled over ``pool`` frames, valid tokens
+    ``'b t'``): what the k-means sees, for tokenizing and for fitting one (traceable, no checks)."""
+    features, mask = SpeechEncoder(config).apply(variables, audio, lengths, output_layer=layer)
+    if pool > 1:
+        features, mask = mean_pool(features, mask, pool)
+    return features, mask
+
+
 class SemanticTokenizer:
     """audio ``(b, samples)`` at 16 kHz -> ids ``(b, tokens)`` int32 in ``[0, vocab_size)``, ``pad_id`` past the end."""
 
@@ -85,9 +95,7 @@ class SemanticTokenizer:
 
     def tokenize_traced(self, variables, centers, audio: jax.Array, lengths: jax.Array) -> jax.Array:
         """The computation without checks (usable inside ``jit``): ids ``(b, tokens)``, ``pad_id`` on padding."""
-        features, mask = SpeechEncoder(self.config).apply(variables, audio, lengths, output_layer=self.layer)
-        if self.pool > 1:
-            features, mask = mean_pool(features, mask, self.pool)
+        features, mask = layer_features(self.config, self.layer, self.pool, variables, audio, lengths)
         return jnp.where(mask, nearest_center(features, centers), self.pad_id).astype(jnp.int32)
 
     def tokenize(self, audio, sample_rate: int | None = None, lengths=None,
@@ -142,6 +150,28 @@ def load_semantic_tokenizer(checkpoint, kmeans, layer: int | str = LAST, *, conf
     ``KMeansCodebook`` or a file ``load_kmeans`` reads), ``layer`` (hidden-state index; fairseq's
     ``output_layer``). ``config`` defaults to the model directory's ``config.json``, else ``infer_config``.
     """
+    arrays, config = _read_checkpoint(checkpoint, config)
+    check_output_layer(layer, config, name="layer")
+    codebook = kmeans if isinstance(kmeans, KMeansCodebook) else load_kmeans(kmeans)
+    if codebook.dim != config.hidden_size:  # before importing: the cheaper, clearer error first
+        raise ValueError(f"kmeans has centres of dimension {codebook.dim}, but layer {layer!r} of this encoder "
+                         f"gives {config.hidden_size}-dim features; use the k-means fitted on this encoder's features")
+    variables = _import(arrays, config)
+    return SemanticTokenizer(config, variables, codebook, layer, pool=pool, pad_id=pad_id,
+                             compiler_options=compiler_options)
+
+
+def load_speech_encoder(checkpoint, layer: int | str = LAST, *,
+                        config: Any = None) -> tuple[SpeechEncoderConfig, dict]:
+    """``(config, variables)`` of a speech encoder from the same files as ``load_semantic_tokenizer`` (no k-means:
+    e.g. to fit one on its features); ``layer`` is checked against the config."""
+    arrays, config = _read_checkpoint(checkpoint, config)
+    check_output_layer(layer, config, name="layer")
+    return config, _import(arrays, config)
+
+
+def _read_checkpoint(checkpoint, config) -> tuple[dict, SpeechEncoderConfig]:
+    """(arrays, config) of a model folder, weights file or state dict."""
     if isinstance(checkpoint, (str, os.PathLike)) and epath.Path(checkpoint).is_dir():
         folder = epath.Path(checkpoint)
         if config is None and (folder / "config.json").exists():
@@ -152,15 +182,11 @@ def load_semantic_tokenizer(checkpoint, kmeans, layer: int | str = LAST, *, conf
                              f"pytorch_model.bin")
         checkpoint = os.fspath(files[0])
     arrays = read_state_dict(checkpoint)
-    config = _resolve_config(config, arrays)
-    check_output_layer(layer, config, name="layer")
-    codebook = kmeans if isinstance(kmeans, KMeansCodebook) else load_kmeans(kmeans)
-    if codebook.dim != config.hidden_size:  # before importing: the cheaper, clearer error first
-        raise ValueError(f"kmeans has centres of dimension {codebook.dim}, but layer {layer!r} of this encoder "
-                         f"gives {config.hidden_size}-dim features; use the k-means fitted on this encoder's features")
+    return arrays, _resolve_config(config, arrays)
+
+
+def _import(arrays: dict, config: SpeechEncoderConfig) -> dict:
     try:
-        variables = import_speech_encoder(arrays, config)
+        return import_speech_encoder(arrays, config)
     except ValueError as err:
         raise ValueError(f"checkpoint: {err}") from None
-    return SemanticTokenizer(config, variables, codebook, layer, pool=pool, pad_id=pad_id,
-                             compiler_options=compiler_options)
