@@ -9,9 +9,14 @@
 
 Only the heads of the level each example trains are evaluated, so the loss
 costs one head per example instead of one per level.
+
+With ``codec=`` (and ``semantic_tokenizer=``, a ``semantic.SemanticTokenizer``)
+the loss also takes raw audio: codes (and semantic ids) are computed inside the
+step, with no gradient into either.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -26,6 +31,8 @@ from soundstorm_jax.maskgit.masking import TrainingMask, draw_training_mask, mas
 from soundstorm_jax.maskgit.schedules import Schedule, get_schedule, resolve_steps
 from soundstorm_jax.model.layers import default_kernel_init, partitioned
 from soundstorm_jax.model.wrapper import ConformerWrapper
+from soundstorm_jax.semantic.kmeans import nearest_center
+from soundstorm_jax.semantic.tokenizer import layer_features
 
 
 def check_codec_matches(codec, net: ConformerWrapper) -> None:
@@ -39,6 +46,31 @@ def check_codec_matches(codec, net: ConformerWrapper) -> None:
               for name in names if getattr(codec, name) != getattr(net, name)]
     if differ:
         raise ValueError("the codec does not match the ConformerWrapper: " + "; ".join(differ))
+
+
+def check_semantic_tokenizer_matches(tokenizer, net: ConformerWrapper, codec) -> None:
+    """A ``semantic.SemanticTokenizer`` must give the ids the network reads, from the audio the codec encodes, at the
+    network's frames-per-token rate: say which of these differ."""
+    from soundstorm_jax.semantic.tokenizer import SemanticTokenizer
+    if not isinstance(tokenizer, SemanticTokenizer):
+        raise ValueError(f"semantic_tokenizer must be a soundstorm_jax.semantic.SemanticTokenizer "
+                         f"(load_semantic_tokenizer(checkpoint, kmeans, layer=...)), got {type(tokenizer).__name__}")
+    if codec is None:
+        raise ValueError("semantic_tokenizer tokenizes raw audio, whose codes need a codec: "
+                         "SoundStorm(net, codec=..., semantic_tokenizer=...)")
+    differ = []
+    if net.num_semantic_token_ids != tokenizer.vocab_size:
+        differ.append(f"vocabulary: tokenizer {tokenizer.vocab_size} ids != network num_semantic_token_ids "
+                      f"{net.num_semantic_token_ids}")
+    if codec.sample_rate != tokenizer.sample_rate:
+        differ.append(f"sample rate: codec {codec.sample_rate} Hz != tokenizer {tokenizer.sample_rate} Hz (the step "
+                      f"does not resample; precompute the semantic ids with soundstorm prepare --semantic instead)")
+    elif not np.isclose(net.acoustic_per_semantic, codec.frame_rate / tokenizer.rate, rtol=1e-6):
+        differ.append(f"rate: codec {codec.frame_rate:g} frames/s / tokenizer {tokenizer.rate:g} tokens/s = "
+                      f"{codec.frame_rate / tokenizer.rate:g} frames per token != network acoustic_per_semantic "
+                      f"{net.acoustic_per_semantic:g}")
+    if differ:
+        raise ValueError("the semantic tokenizer does not match the ConformerWrapper and codec: " + "; ".join(differ))
 
 
 def attach_codec_variables(variables, codec_variables):
@@ -92,6 +124,14 @@ class SoundStorm(nn.Module):
         live under ``'codec'``; put a trained codec's there
         (:func:`attach_codec_variables`).
       soundstream: the seed's name for ``codec``.
+      semantic_tokenizer: a ``semantic.SemanticTokenizer`` (with a codec at its
+        sample rate): raw audio given to the loss is also tokenized into the
+        semantic ids (unless ``semantic_ids`` are given), inside the step and
+        with no gradient; ``generate(semantic_audio=...)`` takes the ids from a
+        recording. Its weights are copied by ``init`` into the
+        ``'semantic_tokenizer'`` collection (never ``'params'``: nothing trains
+        them), which the step reads as arguments, not as compiled constants.
+      wav2vec: the seed's name for ``semantic_tokenizer``.
     """
 
     net: ConformerWrapper
@@ -107,6 +147,8 @@ class SoundStorm(nn.Module):
     cond_drop_prob: float = 0.0
     codec: Any = None
     soundstream: Any = None
+    semantic_tokenizer: Any = None
+    wav2vec: Any = None
 
     def __post_init__(self):
         get_schedule(self.schedule)
@@ -117,6 +159,14 @@ class SoundStorm(nn.Module):
             object.__setattr__(self, "soundstream", None)
         if self.codec is not None:
             check_codec_matches(self.codec, self.net)
+        if self.wav2vec is not None:
+            if self.semantic_tokenizer is not None:
+                raise ValueError("give the semantic tokenizer once: semantic_tokenizer= or wav2vec= (the seed's name), "
+                                 "not both")
+            object.__setattr__(self, "semantic_tokenizer", self.wav2vec)
+            object.__setattr__(self, "wav2vec", None)
+        if self.semantic_tokenizer is not None:
+            check_semantic_tokenizer_matches(self.semantic_tokenizer, self.net, self.codec)
         level_steps = resolve_steps(self.steps, self.net.num_quantizers)
         # An int stays an int (the model's settings read as given); a list becomes a hashable tuple.
         object.__setattr__(self, "steps", level_steps if isinstance(self.steps, (list, tuple)) else level_steps[0])
@@ -144,6 +194,23 @@ class SoundStorm(nn.Module):
             self.critic_head = nn.Dense(1, dtype=self.net.dtype, param_dtype=self.net.param_dtype,
                                         kernel_init=partitioned(default_kernel_init, ("embed", None)),
                                         bias_init=partitioned(nn.initializers.zeros_init(), (None,)))
+        if self.semantic_tokenizer is not None:
+            tokenizer = self.semantic_tokenizer
+            self.semantic_encoder = self.variable("semantic_tokenizer", "encoder", lambda: tokenizer.variables["params"])
+            self.semantic_centers = self.variable("semantic_tokenizer", "centers", lambda: jnp.asarray(tokenizer.centers))
+
+    def tokenize_semantic(self, audio: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        """Raw audio ``(b, samples)`` with valid samples ``lengths (b,)`` (default: all) -> semantic ids ``(b, tokens)``
+        int32 through the attached tokenizer, the net's ``semantic_pad_id`` past each clip's own tokens; no gradient
+        flows into the tokenizer. Unchecked: ``generate(semantic_audio=...)`` and the loss check first."""
+        tokenizer = self.semantic_tokenizer
+        if lengths is None:
+            lengths = jnp.full(audio.shape[:1], audio.shape[1], jnp.int32)
+        params = {"params": jax.lax.stop_gradient(self.semantic_encoder.value)}
+        features, valid = layer_features(tokenizer.config, tokenizer.layer, tokenizer.pool, params,
+                                         jnp.asarray(audio, jnp.float32), lengths)
+        ids = nearest_center(features, jax.lax.stop_gradient(self.semantic_centers.value))
+        return jax.lax.stop_gradient(jnp.where(valid, ids, self.net.semantic_pad_id).astype(jnp.int32))
 
     def check_inputs(self, codes, mask=None, semantic_ids=None, cond=None) -> None:
         """Raise ``ValueError`` for malformed training inputs (see :mod:`soundstorm_jax.validation`)."""
@@ -154,6 +221,11 @@ class SoundStorm(nn.Module):
                                  "pass integer codes or SoundStorm(net, codec=...)")
             validation.check_audio(codes, name="audio")
             frames = -(-np.shape(codes)[1] // self.codec.hop_length)
+            if self.semantic_tokenizer is not None and semantic_ids is None:
+                field = self.semantic_tokenizer.config.receptive_field
+                if np.shape(codes)[1] < field:
+                    raise ValueError(f"audio has {np.shape(codes)[1]} samples, fewer than one frame of the semantic "
+                                     f"tokenizer ({field} samples)")
             if mask is not None:
                 validation.check_mask(mask, (np.shape(codes)[0], frames))
             return self._check_conditioning(np.shape(codes)[0], frames, semantic_ids, cond)
@@ -193,6 +265,11 @@ class SoundStorm(nn.Module):
                 self.codec.decode(jnp.zeros((1, 1, net.num_columns), jnp.int32))
                 self.codec.encode(jnp.zeros((1, self.codec.hop_length), jnp.float32))
             if validation.is_floating(codes):
+                if self.semantic_tokenizer is not None and semantic_ids is None:
+                    # A clip's valid samples: its valid code frames x the hop, within the audio.
+                    lengths = None if mask is None else jnp.minimum(
+                        jnp.sum(jnp.asarray(mask), axis=1) * self.codec.hop_length, codes.shape[1]).astype(jnp.int32)
+                    semantic_ids = self.tokenize_semantic(codes, lengths)
                 # Tokenise inside the step; the codec is frozen.
                 codes = jax.lax.stop_gradient(self.codec.encode(jnp.asarray(codes, jnp.float32)))
         b, n, _ = codes.shape
@@ -235,16 +312,56 @@ class SoundStorm(nn.Module):
         """Codes ``(b, n, c)`` -> audio ``(b, n * hop)`` through the attached codec."""
         return self.codec.decode(codes)
 
-    def generate(self, variables, num_frames: int | None = None, **kwargs):
+    def generate(self, variables, num_frames: int | None = None, *, semantic_audio=None, **kwargs):
         """Generate codes ``(batch, frames, levels)``; see :func:`soundstorm_jax.sampler.generate`.
 
         ``model.generate(variables, 1024, batch_size=2, key=key)``; with a codec
         attached, ``model.generate(variables, seconds=30, batch_size=2, key=key)``
-        returns a list of waveforms.
+        returns a list of waveforms. With a semantic tokenizer attached,
+        ``semantic_audio`` (``(b, samples)`` or a list of 1-D clips, at the
+        tokenizer's sample rate) gives the semantic ids (``semantic_audio_ids``):
+        that recording's content, e.g. in a prompt's voice.
         """
         from soundstorm_jax.sampler import generate  # the sampler imports this module
 
+        if semantic_audio is not None:
+            if kwargs.get("semantic_ids") is not None:
+                raise ValueError("give semantic_ids or semantic_audio (tokenized into them), not both")
+            kwargs["semantic_ids"] = self.semantic_audio_ids(variables, semantic_audio)
         return generate(self, variables, num_frames, **kwargs)
+
+    def semantic_audio_ids(self, variables, audio) -> np.ndarray:
+        """Semantic ids ``(b, tokens)`` of raw audio through the attached tokenizer and ``variables``'
+        ``'semantic_tokenizer'`` weights (what the loss computes in its step), the net's ``semantic_pad_id`` past
+        each clip's tokens. ``audio``: ``(b, samples)`` float, or a list of 1-D clips of any lengths."""
+        if self.semantic_tokenizer is None:
+            raise ValueError("semantic_audio needs a semantic tokenizer attached: "
+                             "SoundStorm(net, codec=..., semantic_tokenizer=...)")
+        if "semantic_tokenizer" not in variables:
+            raise ValueError("variables have no 'semantic_tokenizer' collection: use the variables init made for "
+                             "this model (it copies the tokenizer's weights there)")
+        clips = [np.asarray(a) for a in audio] if isinstance(audio, (list, tuple)) else None
+        if clips is not None:
+            if not clips or any(c.ndim != 1 for c in clips):
+                raise ValueError("semantic_audio as a list must hold 1-D clips (samples,), at least one")
+            lengths = np.array([len(c) for c in clips], np.int32)
+            batch = np.zeros((len(clips), max(int(lengths.max()), 1)), np.float32)
+            for i, clip in enumerate(clips):
+                batch[i, :len(clip)] = clip
+            for i, clip in enumerate(clips):
+                validation.check_audio(clip[None] if len(clip) else np.zeros((1, 0)), name=f"semantic_audio[{i}]")
+        else:
+            validation.check_audio(audio, name="semantic_audio")
+            batch = np.asarray(audio, np.float32)
+            lengths = np.full(batch.shape[0], batch.shape[1], np.int32)
+        field = self.semantic_tokenizer.config.receptive_field
+        short = np.flatnonzero(lengths < field)
+        if short.size:
+            raise ValueError(f"semantic_audio clips {short.tolist()} hold {lengths[short].tolist()} samples, fewer "
+                             f"than one frame of the semantic tokenizer ({field} samples)")
+        ids = _semantic_audio_ids(self, {"semantic_tokenizer": variables["semantic_tokenizer"]}, jnp.asarray(batch),
+                                  jnp.asarray(lengths))
+        return np.asarray(ids)
 
     # ---- the pieces the sampler calls, one pass at a time ------------------------------------
 
@@ -340,3 +457,7 @@ class SoundStorm(nn.Module):
         self.sow("intermediates", "critic_weights", weights)
         return jnp.sum(bce * weights) / jnp.sum(weights)
 
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _semantic_audio_ids(model: SoundStorm, variables, audio: jax.Array, lengths: jax.Array) -> jax.Array:
+    return model.apply(variables, audio, lengths, method=SoundStorm.tokenize_semantic)

@@ -55,8 +55,9 @@ def _flat(tree, prefix=""):
 def layer_features(config: SpeechEncoderConfig, layer: int | str, pool: int, variables, audio: jax.Array,
                    lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
     """audio ``'b s'`` -> (features ``'b t d'`` of ``layer``, mean-pooled over ``pool`` frames, valid tokens
-    ``'b t'``): what the k-means sees, for tokenizing and for fitting one (traceable, no checks)."""
-    features, mask = SpeechEncoder(config).apply(variables, audio, lengths, output_layer=layer)
+    ``'b t'``): what the k-means sees, for tokenizing and for fitting one (traceable, no checks; also inside
+    another module's method, e.g. ``SoundStorm``'s step: the encoder is applied unbound, ``parent=None``)."""
+    features, mask = SpeechEncoder(config, parent=None).apply(variables, audio, lengths, output_layer=layer)
     if pool > 1:
         features, mask = mean_pool(features, mask, pool)
     return features, mask
