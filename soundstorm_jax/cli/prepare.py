@@ -96,9 +96,9 @@ def run(args, out, extra):
     if args.sample_rate is not None and args.sample_rate <= 0:
         raise CliError(f"--sample-rate must be positive, got {args.sample_rate}")
     if args.semantic is None:
-        given = [flag for flag, value in (("--layer", args.layer), ("--kmeans", args.kmeans),
-                                          ("--fit-kmeans", args.fit_kmeans), ("--pool", args.pool != 1 or None))
-                 if value is not None]
+        given = [flag for flag, used in (("--layer", args.layer is not None), ("--kmeans", args.kmeans is not None),
+                                         ("--fit-kmeans", args.fit_kmeans is not None), ("--pool", args.pool != 1))
+                 if used]
         if given:
             raise CliError(f"{given[0]} goes with --semantic CHECKPOINT (the speech encoder whose k-means ids to "
                            f"write)")
