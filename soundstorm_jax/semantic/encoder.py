@@ -85,5 +85,5 @@ def init_speech_encoder(config: SpeechEncoderConfig, key: jax.Array, samples: in
 
 def param_shapes(config: SpeechEncoderConfig) -> dict:
     """The unboxed ``params`` shapes of ``SpeechEncoder(config)`` (``jax.eval_shape``: nothing is computed)."""
-    boxed = jax.eval_shape(lambda k: init_speech_encoder(config, k), jax.random.key(0))
+    boxed = jax.eval_shape(lambda: init_speech_encoder(config, jax.random.key(0)))  # The key traced: no compile.
     return nn.unbox(boxed)["params"]
