@@ -7,7 +7,10 @@
   array ``'n d'`` (``num_epochs`` shuffled passes) or an iterable of batches
   ``'m d'`` (one pass; e.g. a generator over a dataset's encoder features), so the
   data never has to fit in memory. Batches are padded to ``batch_size`` with
-  zero-weight rows, so one program serves every batch.
+  zero-weight rows, so one program serves every batch. With ``mesh=`` each
+  batch's rows are split over the mesh's data axes and the centres replicated:
+  every device assigns its share and the per-centre sums are reduced across
+  devices inside the one compiled update (GSPMD), the same fit on any mesh.
 * ``KMeansCodebook.assign``: each frame's nearest centre in L2 distance, as
   audiolm-pytorch's ``HubertWithKmeans`` (and scikit-learn's ``predict``) do;
   ``'... d'`` -> ``'...'`` int32.
@@ -200,12 +203,24 @@ def _batches(features, batch_size: int, num_epochs: int, rng: np.random.Generato
 
 
 def fit_kmeans(features, num_clusters: int, *, batch_size: int = 4096, num_epochs: int = 10,
-               init_size: int | None = None, seed: int = 0) -> KMeansCodebook:
+               init_size: int | None = None, seed: int = 0, mesh=None,
+               batch_axes: tuple[str, ...] = ("data", "fsdp")) -> KMeansCodebook:
     """Mini-batch k-means with k-means++ seeding on an array ``'n d'`` or an iterable of batches ``'m d'``.
 
     ``init_size`` vectors (default ``max(3 * num_clusters, batch_size)``, taken from
     the first batches) seed the centres; ``num_epochs`` applies to an array only.
+    ``mesh`` (a ``jax.sharding.Mesh``): the batch rows are split over its ``batch_axes`` (those it has; the
+    batch size must divide by their product), the centres replicated; None runs on one device.
     """
+    rows = replicated = None
+    if mesh is not None:
+        from jax.sharding import NamedSharding, PartitionSpec
+        axes = tuple(a for a in batch_axes if a in mesh.shape)
+        ways = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+        if batch_size % ways:
+            raise ValueError(f"batch_size={batch_size} must divide by the {ways} ways the mesh splits rows "
+                             f"over {axes}")
+        rows, replicated = NamedSharding(mesh, PartitionSpec(axes or None)), NamedSharding(mesh, PartitionSpec())
     if not isinstance(num_clusters, (int, np.integer)) or num_clusters < 1:
         raise ValueError(f"num_clusters must be a positive int, got {num_clusters!r}")
     if isinstance(features, (np.ndarray, jax.Array)) and len(features) < num_clusters:
@@ -227,6 +242,8 @@ def fit_kmeans(features, num_clusters: int, *, batch_size: int = 4096, num_epoch
     sample = np.concatenate(seen)
     centers = greedy_kmeans_plus_plus(jax.random.key(seed), jnp.asarray(sample[:init_size]), num_clusters)
     counts = jnp.zeros((num_clusters,), jnp.float32)
+    if mesh is not None:
+        centers, counts = jax.device_put((centers, counts), replicated)
     dim = sample.shape[1]
     for batch in [*seen, *stream]:
         if batch.ndim != 2 or batch.shape[1] != dim:
@@ -235,5 +252,7 @@ def fit_kmeans(features, num_clusters: int, *, batch_size: int = 4096, num_epoch
         weights[:len(batch)] = 1.0
         padded = np.zeros((batch_size, dim), np.float32)
         padded[:len(batch)] = batch
+        if mesh is not None:
+            padded, weights = jax.device_put((padded, weights), rows)
         centers, counts, _ = _minibatch_update(centers, counts, jnp.asarray(padded), jnp.asarray(weights))
     return KMeansCodebook(np.asarray(centers))

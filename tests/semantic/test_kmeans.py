@@ -90,6 +90,20 @@ def test_fit_recovers_well_separated_clusters(as_iterator):
     assert codebook.inertia(x) <= 1.01 * true_inertia, (codebook.inertia(x), true_inertia)
 
 
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (4, 1, 2)])
+def test_a_fit_over_a_device_mesh_equals_the_one_device_fit(shape):
+    """The rows of each batch split over the mesh's data axes, the sums reduced across devices: the same fit."""
+    from soundstorm_jax.training.sharding import make_mesh
+    mesh = make_mesh(dict(zip(("data", "fsdp", "tensor"), shape)))
+    x, means, labels = blobs(2)
+    alone = fit_kmeans(x, 8, batch_size=512, num_epochs=2, init_size=1024, seed=3)
+    sharded = fit_kmeans(x, 8, batch_size=512, num_epochs=2, init_size=1024, seed=3, mesh=mesh)
+    np.testing.assert_allclose(sharded.centers, alone.centers, rtol=1e-5, atol=1e-5)  # float sums in another order
+    np.testing.assert_array_equal(np.asarray(sharded.assign(x)), np.asarray(alone.assign(x)))
+    with pytest.raises(ValueError, match="batch_size=500 must divide by the 8 ways"):
+        fit_kmeans(x, 8, batch_size=500, mesh=make_mesh({"data": 8, "fsdp": 1, "tensor": 1}))
+
+
 def test_fit_refuses_bad_data():
     with pytest.raises(ValueError, match="fewer than num_clusters=8"):
         fit_kmeans(np.zeros((5, 3), np.float32), 8)
