@@ -12,7 +12,9 @@ With --semantic CHECKPOINT --layer N (--kmeans FILE or --fit-kmeans K, optionall
 semantic ids are that HuBERT / wav2vec 2.0 layer's k-means ids, computed in the same batched pass as the codes
 (each clip resampled to the encoder's 16 kHz when the dataset is at another rate), and its metadata gives their
 rate and vocabulary (`semantic_rate`, `semantic_vocab_size`), from which training takes num_semantic_token_ids and
-acoustic_per_semantic. Every bad semantic flag is refused before the codec or the encoder is compiled.
+acoustic_per_semantic. --semantic log-mel (no --layer) needs no checkpoint: the k-means ids of 50 Hz log-mel frames
+normalised per utterance (`semantic.LogMelTokenizer`), for when no pretrained encoder can be had. Every bad semantic
+flag is refused before the codec or the encoder is compiled.
 
 Each dataset records what it was made from (the source files with their sizes and modification times, or the
 corpus's name, seed and rates; the sample rate and resampling; the split settings; for codes the audio dataset and
@@ -64,11 +66,14 @@ def add_parser(subparsers, parents):
     add_codec_options(parser, required=False)
     parser.add_argument("--encode-batch-size", type=int, default=8,
                         help="waveforms per codec call while encoding (default 8)")
-    semantic = parser.add_argument_group("semantic ids (k-means ids of a HuBERT / wav2vec 2.0 layer)")
+    semantic = parser.add_argument_group("semantic ids (k-means ids of a HuBERT / wav2vec 2.0 layer or of log-mel "
+                                         "frames)")
     semantic.add_argument("--semantic", metavar="CHECKPOINT",
                           help="a HuBERT / wav2vec 2.0 checkpoint: a transformers model folder (config.json + "
                                "model.safetensors), a .safetensors/.npz/.bin file or a fairseq .pt; its k-means "
-                               "ids are written beside the codes (needs --codec or --encodec)")
+                               "ids are written beside the codes (needs --codec or --encodec). 'log-mel': no "
+                               "checkpoint, the k-means ids of 50 Hz log-mel frames normalised per utterance "
+                               "(no --layer)")
     semantic.add_argument("--layer", metavar="N", type=_layer, default=None,
                           help="with --semantic: the hidden state the k-means reads, 0..layers ('last': the final "
                                "output), e.g. 9 for hubert_base_ls960's k-means files")
@@ -212,24 +217,30 @@ def _load_semantic(args) -> dict:
     Every bad flag is a CliError naming it."""
     from etils import epath
 
-    from soundstorm_jax.semantic import check_output_layer, load_kmeans, load_speech_encoder
+    from soundstorm_jax.semantic import (LogMelConfig, check_output_layer, load_kmeans, load_speech_encoder,
+                                         log_mel_variables)
     from soundstorm_jax.semantic.dataset import tree_sha256
+    from soundstorm_jax.semantic.log_mel import NAME as LOG_MEL
     if args.codec is None and args.encodec is None:
         raise CliError("--semantic needs --codec or --encodec: the semantic ids are written beside the codes")
+    log_mel = args.semantic == LOG_MEL
     if args.kmeans is not None and args.fit_kmeans is not None:
         raise CliError("--kmeans and --fit-kmeans exclude each other: give --kmeans FILE to use a fitted k-means, "
                        "or --fit-kmeans K to fit one on this dataset")
     if args.kmeans is None and args.fit_kmeans is None:
         raise CliError("--semantic needs --kmeans FILE (a fitted k-means) or --fit-kmeans K (fit one with K centres "
                        "on this dataset's features first)")
-    if args.layer is None:
+    if log_mel and args.layer is not None:
+        raise CliError(f"--layer goes with a speech-encoder checkpoint: --semantic {LOG_MEL} has no layers (leave "
+                       f"--layer out)")
+    if args.layer is None and not log_mel:
         raise CliError("--semantic needs --layer N: the hidden state the k-means reads (e.g. 9 for "
                        "hubert_base_ls960's k-means files)")
     if args.pool < 1:
         raise CliError(f"--pool must be a positive number of frames per token, got {args.pool}")
     if args.fit_kmeans is not None and args.fit_kmeans < 1:
         raise CliError(f"--fit-kmeans must be a positive number of centres, got {args.fit_kmeans}")
-    if not epath.Path(args.semantic).exists():
+    if not log_mel and not epath.Path(args.semantic).exists():
         raise CliError(f"--semantic {args.semantic!r} does not exist")
     kmeans = None
     if args.kmeans is not None:  # The k-means file is read first: it is the cheaper, and the clearer, error.
@@ -239,21 +250,26 @@ def _load_semantic(args) -> dict:
             raise CliError(f"--kmeans {args.kmeans!r} does not exist") from e
         except (ValueError, ImportError) as e:
             raise CliError(f"--kmeans {args.kmeans!r}: {_first_line(e)}") from e
-    try:
-        config, variables = load_speech_encoder(args.semantic)
-    except ImportError as e:
-        raise CliError(f"--semantic {args.semantic!r}: {_first_line(e)}") from e
-    except (ValueError, FileNotFoundError) as e:
-        message = _first_line(e).removeprefix("checkpoint: ")
-        raise CliError(f"--semantic {args.semantic!r}: {message}") from e
-    try:
-        check_output_layer(args.layer, config, name="--layer")
-    except ValueError as e:
-        raise CliError(_first_line(e)) from e
+    if log_mel:
+        config = LogMelConfig()
+        variables = log_mel_variables(config)
+    else:
+        try:
+            config, variables = load_speech_encoder(args.semantic)
+        except ImportError as e:
+            raise CliError(f"--semantic {args.semantic!r}: {_first_line(e)}") from e
+        except (ValueError, FileNotFoundError) as e:
+            message = _first_line(e).removeprefix("checkpoint: ")
+            raise CliError(f"--semantic {args.semantic!r}: {message}") from e
+        try:
+            check_output_layer(args.layer, config, name="--layer")
+        except ValueError as e:
+            raise CliError(_first_line(e)) from e
     if kmeans is not None and kmeans.dim != config.hidden_size:
-        raise CliError(f"--kmeans {args.kmeans!r} has centres of dimension {kmeans.dim}, but --layer {args.layer} "
-                       f"of --semantic gives {config.hidden_size}-dim features: use the k-means fitted on this "
-                       f"encoder's features (or --fit-kmeans K)")
+        source = f"--semantic {LOG_MEL} gives {config.n_mels}-dim log-mel frames" if log_mel else \
+            f"--layer {args.layer} of --semantic gives {config.hidden_size}-dim features"
+        raise CliError(f"--kmeans {args.kmeans!r} has centres of dimension {kmeans.dim}, but {source}: use the "
+                       f"k-means fitted on these features (or --fit-kmeans K)")
     return dict(config=config, variables=variables, kmeans=kmeans, sha256=tree_sha256(variables))
 
 
@@ -262,10 +278,12 @@ def _semantic_ids(args, out, semantic: dict, builder, codec, metadata: dict, *, 
     """({'semantic_fn', 'semantic'} for the codes dataset, the result record's entries, its lines); fits the k-means
     first with --fit-kmeans (process 0; the others load it). Updates `metadata` with the ids' rate and vocabulary."""
     from soundstorm_jax.data import provenance
-    from soundstorm_jax.semantic import SemanticTokenizer, load_kmeans
+    from soundstorm_jax.semantic import LogMelConfig, LogMelTokenizer, SemanticTokenizer, load_kmeans
     from soundstorm_jax.semantic.dataset import (MAX_FIT_VECTORS, fit_dataset_kmeans, fitted_kmeans,
                                                  make_semantic_fn, semantic_identity, semantic_metadata)
     config, variables, layer, pool = semantic["config"], semantic["variables"], args.layer, args.pool
+    log_mel = isinstance(config, LogMelConfig)
+    features = "the log-mel frames'" if log_mel else f"layer {layer}'s"
     if codec.sample_rate != config.sample_rate and process_index == 0:
         out.notice(f"the semantic encoder reads {config.sample_rate} Hz audio: each clip is resampled from "
                    f"{codec.sample_rate} Hz for its semantic ids (the codes are computed at {codec.sample_rate} Hz)")
@@ -273,12 +291,15 @@ def _semantic_ids(args, out, semantic: dict, builder, codec, metadata: dict, *, 
     if codebook is None:
         kmeans_path = os.path.join(args.out, "kmeans.npz")
         fitted_on = dict(audio=provenance.digest((builder.info.metadata or {}).get(provenance.PROVENANCE)),
-                         split="train", checkpoint=_absolute(args.semantic), weights_sha256=semantic["sha256"],
+                         split="train", checkpoint=args.semantic if log_mel else _absolute(args.semantic),
+                         weights_sha256=semantic["sha256"],
                          layer=layer, pool=pool, num_clusters=args.fit_kmeans, seed=args.seed,
                          max_vectors=MAX_FIT_VECTORS)
+        if log_mel:  # The features' settings (the filterbank's are in weights_sha256; normalising is not).
+            fitted_on["log_mel"] = config.to_dict()
 
         def fit():
-            out.info(f"fitting a k-means with {args.fit_kmeans} centres on layer {layer}'s features ...")
+            out.info(f"fitting a k-means with {args.fit_kmeans} centres on {features} features ...")
             try:
                 return fit_dataset_kmeans(config, variables, layer, pool, builder, args.fit_kmeans,
                                           batch_size=args.encode_batch_size, seed=args.seed, progress=out.progress)
@@ -296,15 +317,19 @@ def _semantic_ids(args, out, semantic: dict, builder, codec, metadata: dict, *, 
             codebook = load_kmeans(kmeans_path)
         lines.append(f"k-means: {kmeans_path} ({codebook.num_clusters} centres; reuse it with --kmeans "
                      f"{kmeans_path})")
-    tokenizer = SemanticTokenizer(config, variables, codebook, layer, pool=pool)
+    if log_mel:
+        tokenizer = LogMelTokenizer(codebook, config, pool=pool)
+    else:
+        tokenizer = SemanticTokenizer(config, variables, codebook, layer, pool=pool)
     identity = semantic_identity(tokenizer, checkpoint=args.semantic, kmeans=kmeans_path,
                                  encoder_sha256=semantic["sha256"])
     for key in ("phonemes", "semantic_pad_id"):  # The embedded corpus's phoneme ids are replaced.
         metadata.pop(key, None)
     metadata.update(semantic_metadata(tokenizer, identity))
     ratio = codec.frame_rate / tokenizer.rate
-    lines.append(f"semantic ids: {tokenizer.vocab_size} k-means ids at {tokenizer.rate:g} per second from layer "
-                 f"{layer} of {args.semantic} ({ratio:g} codec frames per semantic token)")
+    source = "log-mel frames" if log_mel else f"layer {layer} of {args.semantic}"
+    lines.append(f"semantic ids: {tokenizer.vocab_size} k-means ids at {tokenizer.rate:g} per second from {source} "
+                 f"({ratio:g} codec frames per semantic token)")
     record = dict(semantic_rate=float(tokenizer.rate), semantic_vocab_size=tokenizer.vocab_size,
                   kmeans=kmeans_path, acoustic_per_semantic=ratio)
     return dict(semantic_fn=make_semantic_fn(tokenizer, codec.sample_rate), semantic=identity), record, lines

@@ -32,6 +32,8 @@ from etils import epath
 from soundstorm_jax.data import audio_io, provenance
 from soundstorm_jax.semantic.config import SpeechEncoderConfig
 from soundstorm_jax.semantic.kmeans import KMeansCodebook, fit_kmeans, load_kmeans
+from soundstorm_jax.semantic.log_mel import NAME as LOG_MEL
+from soundstorm_jax.semantic.log_mel import LogMelConfig
 from soundstorm_jax.semantic.tokenizer import SemanticTokenizer, layer_features
 
 PAD_FRAMES = 32
@@ -154,13 +156,18 @@ def fitted_kmeans(path: str, fitted_on: Mapping[str, Any], fit: Callable[[], tup
 def semantic_identity(tokenizer: SemanticTokenizer, *, checkpoint: str, kmeans: str,
                       encoder_sha256: Optional[str] = None) -> dict:
     """What a codes dataset records of its semantic ids (JSON-able): the checkpoint (absolute) and a sha256 of its
-    weights, the layer, pooling, the k-means file and a sha256 of its centres, vocabulary and rate."""
-    return dict(checkpoint=provenance.absolute_path(os.fspath(checkpoint)),
-                weights_sha256=encoder_sha256 or tree_sha256(tokenizer.variables),
-                layer=tokenizer.layer, pool=tokenizer.pool,
-                kmeans=provenance.absolute_path(os.fspath(kmeans)),
-                kmeans_sha256=hashlib.sha256(np.ascontiguousarray(tokenizer.kmeans.centers).tobytes()).hexdigest(),
-                vocab_size=tokenizer.vocab_size, rate=float(tokenizer.rate), sample_rate=tokenizer.sample_rate)
+    weights, the layer, pooling, the k-means file and a sha256 of its centres, vocabulary and rate. A
+    ``LogMelTokenizer`` records ``checkpoint='log-mel'`` and its ``LogMelConfig`` as ``log_mel``."""
+    log_mel = isinstance(tokenizer.config, LogMelConfig)
+    identity = dict(checkpoint=LOG_MEL if log_mel else provenance.absolute_path(os.fspath(checkpoint)),
+                    weights_sha256=encoder_sha256 or tree_sha256(tokenizer.variables),
+                    layer=tokenizer.layer, pool=tokenizer.pool,
+                    kmeans=provenance.absolute_path(os.fspath(kmeans)),
+                    kmeans_sha256=hashlib.sha256(np.ascontiguousarray(tokenizer.kmeans.centers).tobytes()).hexdigest(),
+                    vocab_size=tokenizer.vocab_size, rate=float(tokenizer.rate), sample_rate=tokenizer.sample_rate)
+    if log_mel:
+        identity["log_mel"] = tokenizer.config.to_dict()
+    return identity
 
 
 def semantic_metadata(tokenizer: SemanticTokenizer, identity: Mapping[str, Any]) -> dict:

@@ -6,10 +6,12 @@ bad call neither compiles nor leaves an entry in the jit cache.
 
     tokenizer = load_semantic_tokenizer('hubert_base_ls960.pt', 'hubert_base_ls960_L9_km500.bin', layer=9)
     ids = tokenizer.tokenize(audio, sample_rate=16000, lengths=lengths)   # (b, tokens) int32, pad_id past the end
+    tokenizer = LogMelTokenizer(load_kmeans('kmeans.npz'))                 # no weights: log-mel frames' k-means ids
 
 ``rate`` is tokens per second (50 for HuBERT, 25 with ``pool=2``), ``vocab_size``
 the number of k-means centres. ``tokenize_traced`` is the same computation without
-checks for use inside other traced code.
+checks for use inside other traced code. ``LogMelTokenizer`` is the same object
+over ``log_mel``'s weight-free features instead of an encoder layer.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from soundstorm_jax import validation
 from soundstorm_jax.semantic.config import PRESETS, SpeechEncoderConfig
 from soundstorm_jax.semantic.encoder import LAST, SpeechEncoder, check_output_layer, param_shapes
 from soundstorm_jax.semantic.kmeans import KMeansCodebook, load_kmeans, mean_pool, nearest_center
+from soundstorm_jax.semantic.log_mel import NAME as LOG_MEL
+from soundstorm_jax.semantic.log_mel import LogMelConfig, log_mel_features, log_mel_variables
 from soundstorm_jax.semantic.weights import import_speech_encoder, infer_config, read_state_dict
 
 
@@ -56,8 +60,12 @@ def layer_features(config: SpeechEncoderConfig, layer: int | str, pool: int, var
                    lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
     """audio ``'b s'`` -> (features ``'b t d'`` of ``layer``, mean-pooled over ``pool`` frames, valid tokens
     ``'b t'``): what the k-means sees, for tokenizing and for fitting one (traceable, no checks; also inside
-    another module's method, e.g. ``SoundStorm``'s step: the encoder is applied unbound, ``parent=None``)."""
-    features, mask = SpeechEncoder(config, parent=None).apply(variables, audio, lengths, output_layer=layer)
+    another module's method, e.g. ``SoundStorm``'s step: the encoder is applied unbound, ``parent=None``).
+    A ``LogMelConfig`` gives its log-mel frames (it has no layers: ``layer`` is ignored)."""
+    if isinstance(config, LogMelConfig):
+        features, mask = log_mel_features(config, variables, audio, lengths)
+    else:
+        features, mask = SpeechEncoder(config, parent=None).apply(variables, audio, lengths, output_layer=layer)
     if pool > 1:
         features, mask = mean_pool(features, mask, pool)
     return features, mask
@@ -69,19 +77,24 @@ class SemanticTokenizer:
     def __init__(self, config: SpeechEncoderConfig, variables, kmeans: KMeansCodebook, layer: int | str,
                  pool: int = 1, pad_id: int = -1, compiler_options: dict | None = None):
         check_output_layer(layer, config, name="layer")
+        self._setup(config, _check_variables(variables, config), kmeans, layer, pool, pad_id,
+                    f"layer {layer!r} of this encoder", compiler_options)
+
+    def _setup(self, config, variables: dict, kmeans: KMeansCodebook, layer, pool: int, pad_id: int, source: str,
+               compiler_options: dict | None) -> None:
+        """The checks and attributes every tokenizer shares; ``source`` names the features in errors."""
         if isinstance(pool, bool) or not isinstance(pool, (int, np.integer)) or pool < 1:
             raise ValueError(f"pool must be a positive int (frames averaged per token; 2: 50 Hz -> 25 Hz), "
                              f"got {pool!r}")
         if not isinstance(kmeans, KMeansCodebook):
             raise ValueError(f"kmeans must be a KMeansCodebook (load_kmeans(path)), got {type(kmeans).__name__}")
         if kmeans.dim != config.hidden_size:
-            raise ValueError(f"kmeans has centres of dimension {kmeans.dim}, but layer {layer!r} of this encoder "
-                             f"gives {config.hidden_size}-dim features; use the k-means fitted on this encoder's "
-                             f"features")
+            raise ValueError(f"kmeans has centres of dimension {kmeans.dim}, but {source} gives "
+                             f"{config.hidden_size}-dim features; use the k-means fitted on these features")
         if isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer)) or 0 <= pad_id < kmeans.num_clusters:
             raise ValueError(f"pad_id must be an int outside the ids [0, {kmeans.num_clusters}), got {pad_id!r}")
         self.config, self.kmeans, self.layer, self.pool, self.pad_id = config, kmeans, layer, int(pool), int(pad_id)
-        self.variables = _check_variables(variables, config)
+        self.variables = variables
         self.centers = jnp.asarray(kmeans.centers)
         self._tokenize = jax.jit(self.tokenize_traced, compiler_options=compiler_options)
 
@@ -131,6 +144,25 @@ class SemanticTokenizer:
         return (ids, self.num_tokens(lengths)) if return_lengths else ids
 
 
+class LogMelTokenizer(SemanticTokenizer):
+    """A ``SemanticTokenizer`` over weight-free log-mel frames (``log_mel``) instead of an encoder layer: audio
+    ``(b, samples)`` at ``config.sample_rate`` -> k-means ids ``(b, tokens)`` int32, ``pad_id`` past the end.
+
+    The same interface (``tokenize``, ``rate``, ``vocab_size``, ``sample_rate``, ``hop_length``, ``num_tokens``,
+    ``tokenize_traced``), so ``make_semantic_fn``, ``fit_dataset_kmeans`` and ``SoundStorm(semantic_tokenizer=...)``
+    take it as they take a HuBERT tokenizer. ``layer`` is ``None``; ``kmeans`` must have ``config.n_mels``-dim
+    centres (fit one with ``fit_dataset_kmeans(LogMelConfig(), log_mel_variables(config), None, pool, ...)``).
+    """
+
+    def __init__(self, kmeans: KMeansCodebook, config: LogMelConfig | None = None, pool: int = 1, pad_id: int = -1,
+                 compiler_options: dict | None = None):
+        config = LogMelConfig() if config is None else config
+        if not isinstance(config, LogMelConfig):
+            raise ValueError(f"config must be a LogMelConfig, got {type(config).__name__}")
+        self._setup(config, log_mel_variables(config), kmeans, None, pool, pad_id,
+                    f"log-mel with n_mels={config.n_mels}", compiler_options)
+
+
 def _resolve_config(config, checkpoint) -> SpeechEncoderConfig:
     if isinstance(config, SpeechEncoderConfig):
         return config
@@ -150,7 +182,12 @@ def load_semantic_tokenizer(checkpoint, kmeans, layer: int | str = LAST, *, conf
     ``.npz``/``.bin``/``.pt`` file of transformers or fairseq weights, or a state dict), ``kmeans`` (a
     ``KMeansCodebook`` or a file ``load_kmeans`` reads), ``layer`` (hidden-state index; fairseq's
     ``output_layer``). ``config`` defaults to the model directory's ``config.json``, else ``infer_config``.
+    ``checkpoint='log-mel'`` needs no weights: a ``LogMelTokenizer`` (``config`` a ``LogMelConfig`` or None for the
+    default; ``layer`` is not used).
     """
+    if isinstance(checkpoint, str) and checkpoint == LOG_MEL:
+        codebook = kmeans if isinstance(kmeans, KMeansCodebook) else load_kmeans(kmeans)
+        return LogMelTokenizer(codebook, config, pool=pool, pad_id=pad_id, compiler_options=compiler_options)
     arrays, config = _read_checkpoint(checkpoint, config)
     check_output_layer(layer, config, name="layer")
     codebook = kmeans if isinstance(kmeans, KMeansCodebook) else load_kmeans(kmeans)
