@@ -62,6 +62,10 @@ def main() -> int:
             sample.pop(key, None)
     with open(os.path.join(export_dir, "card.json"), "w", encoding="utf-8") as f:
         json.dump(card, f, indent=1)
+    # Orbax's commit marker names the folder it wrote; in the package that folder means nothing.
+    for marker in ("params/commit_success.txt", "codec/params/commit_success.txt"):
+        with open(os.path.join(export_dir, marker), "w", encoding="utf-8") as f:
+            f.write("Checkpoint commit was successful (written by tools/train_demo_weights.py)")
     shutil.rmtree(TARGET, ignore_errors=True)
     shutil.copytree(export_dir, TARGET)
     print(json.dumps(dict(target=TARGET, export_bytes=card["export_bytes"], total_seconds=card["total_seconds"])))
