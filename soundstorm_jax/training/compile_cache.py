@@ -72,11 +72,12 @@ def configure(config: Any, workdir: str) -> Optional[str]:
 
 @dataclasses.dataclass
 class CompileReport:
-    """What JAX reported while a call ran: persistent-cache hits, programs compiled and written to the cache, and
-    the seconds spent compiling or loading."""
+    """What JAX reported while a call ran: persistent-cache hits, programs compiled and written to the cache, the
+    programs compiled or loaded, and the seconds spent doing it."""
     cache_hits: int = 0
     cache_writes: int = 0
     seconds: float = 0.0
+    compiles: int = 0
 
     def describe(self, what: str) -> str:
         """One log line, e.g. 'train step: loaded from the compilation cache in 0.2 s'."""
@@ -103,6 +104,7 @@ def watch() -> Iterator[CompileReport]:
     def on_duration(event: str, seconds: float, **kwargs) -> None:
         if event == COMPILE_EVENT:
             report.seconds += seconds
+            report.compiles += 1
 
     jax.monitoring.register_event_listener(on_event)
     jax.monitoring.register_event_duration_secs_listener(on_duration)

@@ -25,6 +25,7 @@ from soundstorm_jax.cli.main import main
 from soundstorm_jax.data import audio_io, open_prepared
 from soundstorm_jax.maskgit.evaluation import level_accuracy, unigram_accuracy
 from soundstorm_jax.semantic import KMeansCodebook, LogMelTokenizer, load_kmeans
+from soundstorm_jax.training import compile_cache
 
 NUM_CLUSTERS = 64
 STEPS = 400          # training steps of each model
@@ -70,20 +71,11 @@ def test_bad_input_exits_2_naming_the_flag_before_compiling(tmp_path):
         ([*base, "--codec", tmp_path, "--fit-kmeans", 0], "--fit-kmeans must be a positive"),
         ([*base, "--codec", tmp_path, "--fit-kmeans", 8, "--pool", 0], "--pool must be a positive"),
     ]
-    compiled = []
-
-    def count(event, seconds, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(count)
-    try:
+    with compile_cache.watch() as report:
         for args, expected in cases:
             message = bad_input(*args)
             assert expected in message, (expected, message)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(count)
-    assert not compiled and not (tmp_path / "out").exists()
+    assert report.compiles == 0 and not (tmp_path / "out").exists()
 
 
 def shipped_codec(folder) -> str:

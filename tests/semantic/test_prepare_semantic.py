@@ -21,6 +21,7 @@ from soundstorm_jax import export
 from soundstorm_jax.cli.main import main
 from soundstorm_jax.data import audio_io, open_prepared
 from soundstorm_jax.semantic import KMeansCodebook, load_kmeans, load_semantic_tokenizer
+from soundstorm_jax.training import compile_cache
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "hubert_base_tiny.npz"
 CODEC_RATE = 24000  # hop 4: 6000 frames/s; the tiny encoder's 800 tokens/s are 7.5 frames per token
@@ -231,20 +232,11 @@ def test_bad_input_exits_2_naming_the_flag_before_compiling(files, tmp_path):
         (["--audio", files["wavs"], "--codec", files["codec"], "--kmeans", files["km.npz"]],
          "--kmeans goes with --semantic"),
     ]
-    compiled = []
-
-    def count(event, seconds, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(count)
-    try:
+    with compile_cache.watch() as report:
         for args, expected in cases:
             message = bad_input("prepare", *args, "--out", out)
             assert expected in message, (expected, message)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(count)
-    assert not compiled and not out.exists()
+    assert report.compiles == 0 and not out.exists()
     # More centres than the training clips have feature vectors: found once the features are computed.
     message = bad_input("prepare", *semantic_args(files, **{"--kmeans": None, "--fit-kmeans": 100_000}), "--out", out)
     assert message.startswith("error: --fit-kmeans 100000: num_clusters=100000 is more than the")
