@@ -53,7 +53,8 @@ def env(gcs):
     """The commands' environment: test_cli's XLA flags, the emulator, and this checkout importable from any cwd."""
     env = dict(os.environ, **gcs)
     env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_llvm_disable_expensive_passes=true"
+    env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
+                        " --xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false")
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     return env
 

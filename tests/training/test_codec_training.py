@@ -299,7 +299,8 @@ def checkpoints(workdir):
 def test_train_py_trains_the_codec_evaluates_and_resumes(tmp_path, audio_dataset):
     # The suite's compilation cache (tests/conftest.py) lets the second run reuse the first one's programs.
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_llvm_disable_expensive_passes=true"
+               XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
+                         " --xla_llvm_disable_expensive_passes=true"
                          " --xla_cpu_use_fusion_emitters=false")
     workdir = tmp_path / "run"
     first = train_py(workdir, audio_dataset, 4, env)

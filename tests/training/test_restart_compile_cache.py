@@ -60,7 +60,8 @@ def last_step(workdir):
 def test_a_restarted_run_loads_its_train_step_from_the_workdir_cache(tmp_path, codes_dir):
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=1 --xla_llvm_disable_expensive_passes=true"
+    env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
+                        " --xla_llvm_disable_expensive_passes=true"
                         " --xla_cpu_use_fusion_emitters=false")
     workdir = str(tmp_path)
 

@@ -31,7 +31,8 @@ def command(workdir, codes_dir):
 def env():
     env = dict(os.environ)
     # A 2-way data-parallel mesh; cheap compiles for what the config's compiler_options do not cover.
-    env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 --xla_llvm_disable_expensive_passes=true"
+    env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0"
+                        " --xla_llvm_disable_expensive_passes=true"
                         " --xla_cpu_use_fusion_emitters=false")
     env["JAX_PLATFORMS"] = "cpu"
     return env
