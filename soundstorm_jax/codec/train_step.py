@@ -49,9 +49,11 @@ from soundstorm_jax.codec.soundstream import SoundStream, SoundStreamCodec
 class CodecTrainConfig:
     """Everything a codec training step needs; frozen and hashable (it is static under jit).
 
-    Loss = ``mel_weight * mel + commitment_weight * commit + adversarial_weight * adv_G
-    + feature_matching_weight * fm`` for the generator (the last two from step
-    ``adversarial_start_step`` on) and the hinge loss for the discriminators.
+    Loss = ``mel_weight * mel + waveform_weight * mean|x - x'| + commitment_weight * commit
+    + adversarial_weight * adv_G + feature_matching_weight * fm`` for the generator (the last two from
+    step ``adversarial_start_step`` on) and the hinge loss for the discriminators. The waveform term
+    (EnCodec's time-domain loss) is the only one that sees phase: with mel terms alone a codec has no
+    reason to put phase in its codes, and its decoder buzzes at multiples of the frame rate.
     ``flatten_optimizer``: Adam state as one flat vector per group (cheap to compile; shardable only
     along that one axis) or one array per parameter (shaped like it: FSDP shards it like the parameter).
     ``lr_decay_steps``: None keeps both learning rates constant; N decays them along a cosine to a tenth over
@@ -67,6 +69,7 @@ class CodecTrainConfig:
     mel_scales: Sequence[int] = (64, 128, 256, 512, 1024, 2048)
     mel_bins: int = 64
     mel_weight: float = 1.0
+    waveform_weight: float = 0.0
     commitment_weight: float = 1.0
     adversarial_weight: float = 1.0
     feature_matching_weight: float = 3.0
@@ -170,11 +173,13 @@ def codec_losses(config: CodecTrainConfig, params, vq_stats, audio: jax.Array, r
     else:  # Reconstruction-only training: the discriminators are neither run nor updated.
         d_loss = adv = fm = jnp.zeros((), jnp.float32)
     mel = losses.multiscale_mel_loss(audio, fake, gen.sample_rate, config.mel_scales, config.mel_bins)
-    g_loss = (config.mel_weight * mel + config.commitment_weight * out.commit_loss
+    waveform_l1 = jnp.mean(jnp.abs(audio - fake))
+    g_loss = (config.mel_weight * mel + config.waveform_weight * waveform_l1
+              + config.commitment_weight * out.commit_loss
               + adversarial_on * (config.adversarial_weight * adv + config.feature_matching_weight * fm))
     metrics = {'generator_loss': g_loss, 'discriminator_loss': d_loss, 'mel_loss': mel,
                'commit_loss': out.commit_loss, 'adversarial_loss': adv, 'feature_matching_loss': fm,
-               'waveform_l1': jnp.mean(jnp.abs(audio - fake)),
+               'waveform_l1': waveform_l1,
                'levels_used': jnp.mean(out.num_levels.astype(jnp.float32))}
     return g_loss, d_loss, (metrics, updated['vq_stats'])
 

@@ -1,8 +1,8 @@
 """The fields every codec config has (config.kind = 'codec'), with their defaults.
 
 Sections: model.generator (SoundStream fields; dtype as a string),
-model.discriminator (CodecDiscriminator fields), loss (reconstruction,
-commitment, adversarial and feature-matching weights; mel scales), optimizer
+model.discriminator (CodecDiscriminator fields), loss (mel and waveform
+reconstruction, commitment, adversarial and feature-matching weights; mel scales), optimizer
 (one Adam per parameter group), data (a prepared audio dataset, or the
 embedded eSpeak corpus when data.dir is unset), mesh, checkpoint, logging.
 """
@@ -35,8 +35,9 @@ def codec_base_config() -> ml_collections.ConfigDict:
             stft_dilations=(1, 2, 4), dtype="float32"))))
 
     c.loss = ml_collections.ConfigDict(dict(
-        mel_scales=(64, 128, 256, 512, 1024, 2048), mel_bins=64, mel_weight=1.0, commitment_weight=1.0,
-        adversarial_weight=1.0, feature_matching_weight=3.0, adversarial_start_step=0))
+        mel_scales=(64, 128, 256, 512, 1024, 2048), mel_bins=64, mel_weight=1.0,
+        waveform_weight=0.0,  # L1 on the waveform (EnCodec's time-domain term): the one loss that sees phase
+        commitment_weight=1.0, adversarial_weight=1.0, feature_matching_weight=3.0, adversarial_start_step=0))
 
     c.optimizer = ml_collections.ConfigDict(dict(
         generator_lr=2e-4, discriminator_lr=2e-4, b1=0.5, b2=0.9, clip_norm=10.0,
