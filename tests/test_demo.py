@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import soundfile
 from test_cli import env  # noqa: F401 (the subprocesses' environment fixture, used by name)
+from soundstorm_jax import export
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODEC_STEPS, SOUNDSTORM_STEPS = 3, 3  # the --from-scratch run
@@ -217,7 +218,7 @@ def test_demo_bad_inputs(run, tmp_path):
     # A corpus that holds out a voice the shipped weights were trained on: their figures would not be held-out ones.
     from soundstorm_jax import pretrained
     from soundstorm_jax.data.espeak_corpus import utterances
-    trained_on = set(pretrained.demo_weights().training_speakers)
+    trained_on = set(pretrained.demo_weights().heard_speakers)
     seed = next(seed for seed in range(1, 1000) if any(
         u.split != "train" and u.speaker.name in trained_on for u in utterances("tiny", seed)))
     result = run("demo", "--seed", seed, "--out", tmp_path / "c", expect=2)
@@ -230,6 +231,24 @@ def test_demo_bad_inputs(run, tmp_path):
     blocker.write_text("")
     result = run("demo", "--out", blocker / "sub", expect=2)
     assert "cannot create output folder" in result.stderr
+    result = run("demo", "--codec", tmp_path / "b", "--out", tmp_path / "d", expect=2)
+    assert "--codec" in result.stderr and "is not a codec workdir or export" in result.stderr
+    result = run("demo", "--codec", tmp_path / "b", "--codec-steps", 2, "--out", tmp_path / "d", expect=2)
+    assert "exclude each other" in result.stderr and result.stderr.count("error: ") == 1
+
+
+def test_a_given_codec_is_exported_into_the_run_and_only_soundstorm_trains(scratch, run, tmp_path):
+    """`--codec DIR` (how tools/train_demo_weights.py brings a codec trained on more voices): the from-scratch run's
+    codec workdir becomes OUT/codec as an export and measures what it measured there."""
+    scratch_out, scratch_report = scratch
+    result = run("--json", "demo", "--codec", scratch_out / "codec", "--soundstorm-steps", 2, "--samples", 1,
+                 "--out", tmp_path / "given", timeout=900)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["weights"] == {"codec": f"given ({scratch_out / 'codec'})", "soundstorm": "trained in this run"}
+    assert (report["codec"]["steps"], report["soundstorm"]["steps"]) == (CODEC_STEPS, 2)
+    assert export.is_export(tmp_path / "given" / "codec")
+    assert abs(report["codec"]["snr_db"] - scratch_report["codec"]["snr_db"]) < 0.01
+    assert f"codec given ({scratch_out / 'codec'})" in report["budget"]
 
 
 def test_encode_decode_and_resumed_training_on_the_demo_runs(scratch, run, tmp_path):

@@ -6,7 +6,7 @@ same configs trained longer by tools/train_demo_weights.py) and the demo takes a
 
 Stages (each timed; the report lists them):
   1. corpus      synthesize the eSpeak corpus (tiny: ~4 min of speech, 6 voices, one held out)
-  2. codec       train configs/demo_codec.py on it (time-boxed), or copy the shipped codec
+  2. codec       train configs/demo_codec.py on it (time-boxed), or copy the shipped codec (or --codec's)
   3. encode      encode the corpus into a codes dataset; codec quality on the held-out voice
   4. soundstorm  train configs/demo.py on the codes, conditioned on the phoneme ids (time-boxed), or copy
                  the shipped SoundStorm
@@ -74,6 +74,10 @@ def add_parser(subparsers, parents):
                              "(a reproducible run: the same work on any machine)")
     parser.add_argument("--soundstorm-steps", type=int, default=None,
                         help="train SoundStorm for exactly this many steps instead of the time left")
+    parser.add_argument("--codec", metavar="DIR", default=None,
+                        help="a codec trained elsewhere (a codec workdir or export at 16 kHz) instead of training one: "
+                             "only SoundStorm is trained (implies --from-scratch; the codec should not have heard "
+                             "the held-out voice)")
     parser.set_defaults(run=run)
     return parser
 
@@ -95,7 +99,18 @@ class Stages:
 def _check_args(args) -> None:
     """Also settles args.from_scratch and args.minutes; returns the shipped weights to use (None: train)."""
     args.from_scratch = args.from_scratch or any(
-        value is not None for value in (args.minutes, args.codec_steps, args.soundstorm_steps))
+        value is not None for value in (args.minutes, args.codec_steps, args.soundstorm_steps, args.codec))
+    if args.codec is not None:
+        from soundstorm_jax.training import config as config_lib
+        if args.codec_steps is not None:
+            raise CliError("--codec and --codec-steps exclude each other: --codec DIR is a codec already trained")
+        saved = config_lib.read_saved_config(args.codec)
+        if saved is None or config_lib.kind_of(saved) != "codec":
+            raise CliError(f"--codec {args.codec!r} is not a codec workdir or export (no {config_lib.CONFIG_FILE} "
+                           f"of kind 'codec')")
+        if saved.model.generator.target_sample_hz != SAMPLE_RATE:
+            raise CliError(f"--codec {args.codec!r} runs at {saved.model.generator.target_sample_hz} Hz; the demo's "
+                           f"corpus is at {SAMPLE_RATE} Hz")
     if args.minutes is None:
         args.minutes = DEFAULT_MINUTES
     if not args.minutes >= MIN_MINUTES:
@@ -121,7 +136,7 @@ def _check_args(args) -> None:
                        "run `soundstorm demo --from-scratch`")
     from soundstorm_jax.data import espeak_corpus
     seen = sorted({u.speaker.name for u in espeak_corpus.utterances(args.corpus, args.seed)
-                   if u.split != "train"} & set(shipped.training_speakers))
+                   if u.split != "train"} & set(shipped.heard_speakers))
     if seen:
         raise CliError(f"the shipped weights were trained on {', '.join(seen)}, which --corpus {args.corpus} "
                        f"--seed {args.seed} holds out; add --from-scratch (or use --seed {shipped.card['seed']})")
@@ -153,6 +168,9 @@ def _budget_line(args, shipped) -> str:
     if shipped is not None:
         return f"shipped weights: codec {shipped.card['codec_steps']} steps, SoundStorm " \
                f"{shipped.card['soundstorm_steps']} steps (`{shipped.card['command']}`)"
+    if args.codec is not None:
+        line = f"codec given ({args.codec}), SoundStorm {args.soundstorm_steps or 'time-boxed'} steps"
+        return line if args.soundstorm_steps else f"{line}, {args.minutes:g} minute budget"
     if not (args.codec_steps or args.soundstorm_steps):
         return f"{args.minutes:g} minute budget"
     line = f"codec {args.codec_steps or 'time-boxed'} steps, SoundStorm {args.soundstorm_steps or 'time-boxed'} steps"
@@ -200,11 +218,14 @@ def run(args, out, extra):
     train_seconds = (args.minutes - RESERVED_MINUTES) * 60
     report = dict(command="demo", out=args.out, minutes=args.minutes if shipped is None else None, seed=args.seed,
                   corpus=args.corpus, budget=_budget_line(args, shipped),
-                  weights=dict(codec="trained in this run" if shipped is None else "shipped",
+                  weights=dict(codec=(f"given ({args.codec})" if args.codec is not None
+                                      else "trained in this run" if shipped is None else "shipped"),
                                soundstorm="trained in this run" if shipped is None else "shipped"))
     if shipped is not None:
         report["shipped"] = dict(command=shipped.card["command"], corpus=shipped.card["corpus"],
-                                 seed=shipped.card["seed"], training_speakers=list(shipped.training_speakers))
+                                 seed=shipped.card["seed"], training_speakers=list(shipped.training_speakers),
+                                 codec_training_speakers=list(shipped.card.get("codec_training_speakers",
+                                                                               shipped.training_speakers)))
 
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()  # The stages have their own bars.
@@ -222,7 +243,16 @@ def run(args, out, extra):
     report["corpus_splits"] = {k: int(v.num_examples) for k, v in corpus.info.splits.items()}
     stages.stop()
 
-    if shipped is None:
+    if args.codec is not None:
+        stages.start("codec", f"taking the codec in {args.codec} ...")
+        from soundstorm_jax import export
+        if export.is_export(args.codec):
+            paths.upload_tree(args.codec, os.path.join(args.out, "codec"))
+            step = export.read_manifest(args.codec)["step"]
+        else:  # a workdir: its export (parameters and config, no optimizer state)
+            step = export.export_run(args.codec, os.path.join(args.out, "codec"))["step"]
+        report["codec"] = dict(steps=step, train_mel_loss=None, eval_mel_loss=None)
+    elif shipped is None:
         codec_seconds = None if args.codec_steps else CODEC_SHARE * train_seconds
         stages.start("codec", f"training the codec ({_budget(codec_seconds, args.codec_steps)}) ...")
         codec_config = load_config("demo_codec")
@@ -389,8 +419,10 @@ def _markdown(r: dict) -> list[str]:
     if "shipped" in r:
         x = r["shipped"]
         lines[-1] += (f" The shipped weights were trained by `{x['command']}` on the {x['corpus']} corpus "
-                      f"(seed {x['seed']}), voices {', '.join(x['training_speakers'])}; the held-out voice was "
-                      f"never trained on.")
+                      f"(seed {x['seed']}), voices {', '.join(x['training_speakers'])}"
+                      + ("" if x["codec_training_speakers"] == x["training_speakers"] else
+                         f" (the codec on {len(x['codec_training_speakers'])} voices of the small corpus)")
+                      + "; the held-out voice was never trained on.")
     lines += ["", "## Codec (held-out voice)", "",
              f"{c['steps']} steps; SNR {c['snr_db']} dB, log-spectral distance {c['log_spectral_distance_db']} dB "
              f"over {c['utterances']} utterances; eval mel loss {_fmt(c['eval_mel_loss'])}.", "",

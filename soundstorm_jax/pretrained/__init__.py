@@ -34,7 +34,13 @@ class ShippedWeights:
 
     @property
     def training_speakers(self) -> tuple[str, ...]:
+        """The voices SoundStorm trained on."""
         return tuple(self.card["training_speakers"])
+
+    @property
+    def heard_speakers(self) -> tuple[str, ...]:
+        """Every voice either model trained on (the codec may have heard more voices than SoundStorm)."""
+        return tuple(sorted(set(self.training_speakers) | set(self.card.get("codec_training_speakers", ()))))
 
 
 def demo_weights() -> Optional[ShippedWeights]:
