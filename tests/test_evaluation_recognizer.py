@@ -14,8 +14,8 @@ import pytest
 import soundfile
 
 from soundstorm_jax.data import espeak_corpus
-from soundstorm_jax.evaluation import (enroll, features, fit_voice_space, frame_accuracy, intelligibility, recognize,
-                                       train_recognizer, voice_embedding, voice_rank)
+from soundstorm_jax.evaluation import (enroll, features, fit_voice_space, frame_accuracy, intelligibility, median_f0,
+                                       recognize, train_recognizer, voice_embedding, voice_rank)
 from soundstorm_jax.evaluation.report import Clip, GeneratedClip, markdown, speech_report
 
 pytestmark = pytest.mark.skipif(not espeak_corpus.espeak_ffi.is_available(), reason="needs eSpeak NG")
@@ -160,3 +160,22 @@ def test_the_speech_report_is_complete(corpus, trained):
     assert json.loads(json.dumps(report)) == report  # JSON-ready
     lines = "\n".join(markdown(report))
     assert "| codec reconstructions | the originals' |" in lines and "| generated |" in lines
+    # Reconstructions and generated speech that are the originals keep their pitch.
+    pitch = report["pitch"]
+    assert 80 < pitch["originals_hz"] < 400 and pitch["reconstructions_hz"] == pitch["originals_hz"]
+    assert pitch["reconstruction_ratio"] == 1.0 and abs(pitch["generated_ratio"] - 1) < 0.1
+    assert all(80 < s["f0_hz"] < 400 for s in report["samples"]) and "| reconstructions |" in lines
+
+
+def test_median_f0_hears_a_harmonic_voices_pitch_and_none_in_noise_or_silence():
+    rate = features.FeatureConfig().sample_rate
+    t = np.arange(rate) / rate
+
+    def voiced(f0):  # one second of a glottal-like harmonic series, with a slow vibrato
+        phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.02 * np.sin(2 * np.pi * 3 * t))) / rate
+        return (0.1 * sum(np.sin(k * phase) / k for k in range(1, 10))).astype(np.float32)
+
+    for f0 in (110.0, 190.0, 230.0):
+        assert abs(median_f0(voiced(f0)) / f0 - 1) < 0.03, f0
+    assert np.isnan(median_f0(np.random.default_rng(0).normal(size=rate).astype(np.float32) * 0.1))
+    assert np.isnan(median_f0(np.zeros(rate, np.float32)))

@@ -2,7 +2,8 @@
 
 `speech_report` trains the recognizer on the training voices' clips, scores
 the four intelligibility figures on the held-out clips, their reconstructions
-and the generated samples, and ranks each reconstruction's and sample's voice
+and the generated samples, compares their pitch (median F0 of the voiced
+frames) with the originals', and ranks each reconstruction's and sample's voice
 among the corpus voices (training voices enrolled from their clips, held-out
 voices from their original clips; the whitening is fitted on the training
 voices only). `markdown` renders it for report.md. Everything is a function of
@@ -67,7 +68,11 @@ def speech_report(train: Sequence[Clip], held_out: Sequence[Clip], key: jax.Arra
        'voice': {'voices': number enrolled, 'reconstructions': summary, 'generated': summary} where a
        summary is mean rank (1 = the right voice is nearest), top1 (fraction ranked first), mean margin and
        mean distance to the right voice (the originals' is the in-voice spread),
-       'samples': per generated sample {accuracy, wrong_sentence_accuracy, voice_rank, voice_margin, nearest_voice}}.
+       'pitch': median over clips of each clip's median F0 in Hz for originals / reconstructions / generated,
+       and reconstruction_ratio (median of reconstruction / its original) and generated_ratio (median of
+       generated / the median of its prompt voice's originals): 1 when the pitch is kept,
+       'samples': per generated sample {accuracy, wrong_sentence_accuracy, voice_rank, voice_margin, nearest_voice,
+       f0_hz}}.
     """
     final_loss = None
     if recognizer is None:
@@ -96,17 +101,44 @@ def speech_report(train: Sequence[Clip], held_out: Sequence[Clip], key: jax.Arra
         voice["reconstructions"] = _voice_summary([
             voice_lib.voice_rank(space, voices, voice_lib.voice_embedding(r, feats), c.speaker)
             for r, c in zip(reconstructions, held_out)])
+    pitch = _pitch(held_out, reconstructions, generated, feats)
     samples = []
     if generated:
         ranks = [voice_lib.voice_rank(space, voices, voice_lib.voice_embedding(g.audio, feats), g.speaker)
                  for g in generated]
         voice["generated"] = _voice_summary(ranks)
         samples = [dict(accuracy=a, wrong_sentence_accuracy=w, voice_rank=r["rank"], voice_margin=r["margin"],
-                        nearest_voice=r["nearest"])
-                   for a, w, r in zip(figures["generated"]["per_clip"], figures["wrong_sentence"]["per_clip"], ranks)]
+                        nearest_voice=r["nearest"], f0_hz=_finite(voice_lib.median_f0(g.audio, feats)))
+                   for a, w, r, g in zip(figures["generated"]["per_clip"], figures["wrong_sentence"]["per_clip"],
+                                         ranks, generated)]
     return dict(recognizer=dict(training_clips=len(train), training_voices=len({c.speaker for c in train}),
                                 steps=recognizer.config.steps, final_loss=final_loss),
-                intelligibility=scores, voice=voice, samples=samples)
+                intelligibility=scores, voice=voice, pitch=pitch, samples=samples)
+
+
+def _finite(value: float) -> Optional[float]:
+    return float(value) if np.isfinite(value) else None
+
+
+def _pitch(held_out: Sequence[Clip], reconstructions, generated: Sequence[GeneratedClip], feats) -> dict:
+    """Median F0 figures (see `speech_report`); None where no clip had voiced frames."""
+    def median(values):
+        values = [v for v in values if np.isfinite(v)]
+        return float(np.median(values)) if values else None
+
+    originals = [voice_lib.median_f0(c.audio, feats) for c in held_out]
+    pitch = dict(originals_hz=median(originals))
+    if reconstructions is not None:
+        rebuilt = [voice_lib.median_f0(r, feats) for r in reconstructions]
+        pitch.update(reconstructions_hz=median(rebuilt),
+                     reconstruction_ratio=median([r / o for r, o in zip(rebuilt, originals)]))
+    if generated:
+        spoken = [voice_lib.median_f0(g.audio, feats) for g in generated]
+        voice_f0 = {s: median([f for f, c in zip(originals, held_out) if c.speaker == s])
+                    for s in {g.speaker for g in generated}}
+        pitch.update(generated_hz=median(spoken), generated_ratio=median(
+            [f / voice_f0[g.speaker] for f, g in zip(spoken, generated) if voice_f0[g.speaker]]))
+    return pitch
 
 
 def _num(value) -> str:
@@ -141,4 +173,11 @@ def markdown(report: dict) -> list[str]:
     lines += [f"| {name} | {v['mean_rank']:.2f} | {_pct(v['top1'])} | {v['mean_margin']:.2f} | "
               f"{v['mean_distance']:.2f} | {v['clips']} |"
               for name, v in ((n, voice.get(n)) for n in ("originals", "reconstructions", "generated")) if v]
+    pitch = report.get("pitch", {})
+    lines += ["", "Pitch: median F0 of the voiced frames (autocorrelation), the median over clips; the ratio is to "
+              "the original (reconstructions) or to the prompt voice's originals (generated): 1 keeps the pitch.", "",
+              "| speech | median F0 | ratio |", "|---|---|---|"]
+    lines += [f"| {name} | {_num(pitch.get(name + '_hz'))} Hz | {_num(pitch.get(ratio)) if ratio else ''} |"
+              for name, ratio in (("originals", None), ("reconstructions", "reconstruction_ratio"),
+                                  ("generated", "generated_ratio")) if name + "_hz" in pitch]
     return lines

@@ -59,6 +59,12 @@ def log_f0(audio: np.ndarray, config: features_lib.FeatureConfig = features_lib.
     return np.log(config.sample_rate / lag[voiced])
 
 
+def median_f0(audio: np.ndarray, config: features_lib.FeatureConfig = features_lib.FeatureConfig()) -> float:
+    """The median F0 in Hz over a waveform's voiced frames (`log_f0`); NaN when fewer than 3 frames are voiced."""
+    f0 = log_f0(audio, config)
+    return float(np.exp(np.median(f0))) if len(f0) >= 3 else float("nan")
+
+
 def _raw_log_mel(audio: np.ndarray, config: features_lib.FeatureConfig) -> np.ndarray:
     """(frames, n_mels) log-mel without the per-utterance normalisation (the level and tilt are the voice)."""
     audio = np.asarray(audio, np.float32).ravel()
