@@ -2,7 +2,8 @@
 
 By default the codec and SoundStorm are the ones shipped in the package (soundstorm_jax/pretrained/: the
 same configs trained longer by tools/train_demo_weights.py) and the demo takes a couple of minutes;
-`--from-scratch` (implied by --minutes, --codec-steps and --soundstorm-steps) trains both within the budget.
+`--from-scratch` (implied by --minutes, --codec-steps, --soundstorm-steps and --codec) trains both within the budget
+(with --codec DIR, only SoundStorm: the codec is the one given).
 
 Stages (each timed; the report lists them):
   1. corpus      synthesize the eSpeak corpus (tiny: ~4 min of speech, 6 voices, one held out)
