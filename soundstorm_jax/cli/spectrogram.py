@@ -12,13 +12,16 @@ and `FigureCanvasAgg`, never pyplot: no global state (the server draws in worker
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 from etils import epath
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from soundstorm_jax.codec.spectral import hz_to_mel, mel_filterbank_np
+
+if TYPE_CHECKING:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
 FLOOR_DB = -80.0  # below the loudest bin: the colour scale's bottom.
 SILENCE_DB = -100.0  # absolute: 0 dB is the loudest bin, or this when all is quieter (silence stays dark).
@@ -103,7 +106,14 @@ def _panels(fig: Figure, rows: int):
     return axes, cax
 
 
+def _new_figure(size: tuple[float, float]) -> Figure:
+    # matplotlib is imported here, not with the module: it costs every command line start ~0.5 s.
+    from matplotlib.figure import Figure
+    return Figure(figsize=size, dpi=DPI)
+
+
 def _canvas(fig: Figure) -> FigureCanvasAgg:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return canvas
@@ -119,7 +129,7 @@ def figure(audio: np.ndarray, sample_rate: int, prompt_audio: np.ndarray | None 
         prompt_seconds = prompt_audio.size / sample_rate
         audio = np.concatenate([prompt_audio, audio])
     db, seconds_per_frame = mel_db(audio, sample_rate)
-    fig = Figure(figsize=SIZE, dpi=DPI)
+    fig = _new_figure(SIZE)
     (ax,), cax = _panels(fig, 1)
     image = _draw(ax, db, seconds_per_frame, sample_rate, max(db.max(), SILENCE_DB), audio.size / sample_rate)
     ax.set_xlabel("time (s)")
@@ -141,7 +151,7 @@ def comparison_figure(reference: np.ndarray, output: np.ndarray, sample_rate: in
     dbs = [mel_db(x, sample_rate) for x in (reference, output)]
     top_db = max(SILENCE_DB, *(db.max() for db, _ in dbs))
     seconds = max(np.size(x) for x in (reference, output)) / sample_rate
-    fig = Figure(figsize=(SIZE[0], 2 * SIZE[1] - 1), dpi=DPI)
+    fig = _new_figure((SIZE[0], 2 * SIZE[1] - 1))
     axes, cax = _panels(fig, 2)
     for ax, (db, seconds_per_frame), name in zip(axes, dbs, names):
         image = _draw(ax, db, seconds_per_frame, sample_rate, top_db, seconds)
@@ -158,6 +168,7 @@ def to_rgb(fig: Figure) -> np.ndarray:
 
 def to_png(fig: Figure) -> bytes:
     """The figure drawn, as the bytes of a PNG file."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     buffer = io.BytesIO()
     FigureCanvasAgg(fig).print_png(buffer)  # Draws the figure once.
     return buffer.getvalue()

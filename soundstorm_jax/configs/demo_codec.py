@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.loss.mel_scales = (128, 512)
     config.loss.mel_bins = 64
-    config.loss.adversarial_weight = 0.0  # the discriminator still runs; its loss does not reach the codec
+    config.loss.adversarial_weight = 0.0  # both GAN weights 0: the step leaves the discriminators out
     config.loss.feature_matching_weight = 0.0
     config.loss.adversarial_start_step = 10**9
 

@@ -154,7 +154,9 @@ def test_killed_preempted_and_resharded_runs_reproduce_one_process_training(tmp_
     assert code == 1, text[-3000:]
     assert "process 1: killed by SIGKILL" in text
     assert "process 0: killed by SIGKILL" not in text  # It stopped on its own ...
-    assert "detected fatal errors" in text  # ... because JAX's coordination service saw process 1 die,
+    # ... because JAX's coordination service saw process 1 die: it aborts the process, usually after logging why
+    # (under load the abort can come before the log line reaches the pipe).
+    assert "detected fatal errors" in text or "process 0: killed by SIGABRT" in text, text[-3000:]
     assert stopped_after < HEARTBEAT_S + 20, stopped_after  # within the heartbeat bound.
     resumed_from = complete_checkpoints(workdir)[-1]
     assert resumed_from < steps
