@@ -225,8 +225,7 @@ def run(args, out, extra):
     if shipped is not None:
         report["shipped"] = dict(command=shipped.card["command"], corpus=shipped.card["corpus"],
                                  seed=shipped.card["seed"], training_speakers=list(shipped.training_speakers),
-                                 codec_training_speakers=list(shipped.card.get("codec_training_speakers",
-                                                                               shipped.training_speakers)))
+                                 codec_training_speakers=list(shipped.codec_training_speakers))
 
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()  # The stages have their own bars.

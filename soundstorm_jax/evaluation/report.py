@@ -101,16 +101,17 @@ def speech_report(train: Sequence[Clip], held_out: Sequence[Clip], key: jax.Arra
         voice["reconstructions"] = _voice_summary([
             voice_lib.voice_rank(space, voices, voice_lib.voice_embedding(r, feats), c.speaker)
             for r, c in zip(reconstructions, held_out)])
-    pitch = _pitch(held_out, reconstructions, generated, feats)
+    generated_f0 = [voice_lib.median_f0(g.audio, feats) for g in generated or ()]
+    pitch = _pitch(held_out, reconstructions, generated, generated_f0, feats)
     samples = []
     if generated:
         ranks = [voice_lib.voice_rank(space, voices, voice_lib.voice_embedding(g.audio, feats), g.speaker)
                  for g in generated]
         voice["generated"] = _voice_summary(ranks)
         samples = [dict(accuracy=a, wrong_sentence_accuracy=w, voice_rank=r["rank"], voice_margin=r["margin"],
-                        nearest_voice=r["nearest"], f0_hz=_finite(voice_lib.median_f0(g.audio, feats)))
-                   for a, w, r, g in zip(figures["generated"]["per_clip"], figures["wrong_sentence"]["per_clip"],
-                                         ranks, generated)]
+                        nearest_voice=r["nearest"], f0_hz=_finite(f0))
+                   for a, w, r, f0 in zip(figures["generated"]["per_clip"], figures["wrong_sentence"]["per_clip"],
+                                          ranks, generated_f0)]
     return dict(recognizer=dict(training_clips=len(train), training_voices=len({c.speaker for c in train}),
                                 steps=recognizer.config.steps, final_loss=final_loss),
                 intelligibility=scores, voice=voice, pitch=pitch, samples=samples)
@@ -120,8 +121,10 @@ def _finite(value: float) -> Optional[float]:
     return float(value) if np.isfinite(value) else None
 
 
-def _pitch(held_out: Sequence[Clip], reconstructions, generated: Sequence[GeneratedClip], feats) -> dict:
-    """Median F0 figures (see `speech_report`); None where no clip had voiced frames."""
+def _pitch(held_out: Sequence[Clip], reconstructions, generated: Sequence[GeneratedClip], generated_f0: list[float],
+           feats) -> dict:
+    """Median F0 figures (see `speech_report`; `generated_f0`: each generated clip's median F0); None where no clip
+    had voiced frames."""
     def median(values):
         values = [v for v in values if np.isfinite(v)]
         return float(np.median(values)) if values else None
@@ -133,11 +136,10 @@ def _pitch(held_out: Sequence[Clip], reconstructions, generated: Sequence[Genera
         pitch.update(reconstructions_hz=median(rebuilt),
                      reconstruction_ratio=median([r / o for r, o in zip(rebuilt, originals)]))
     if generated:
-        spoken = [voice_lib.median_f0(g.audio, feats) for g in generated]
         voice_f0 = {s: median([f for f, c in zip(originals, held_out) if c.speaker == s])
                     for s in {g.speaker for g in generated}}
-        pitch.update(generated_hz=median(spoken), generated_ratio=median(
-            [f / voice_f0[g.speaker] for f, g in zip(spoken, generated) if voice_f0[g.speaker]]))
+        pitch.update(generated_hz=median(generated_f0), generated_ratio=median(
+            [f / voice_f0[g.speaker] for f, g in zip(generated_f0, generated) if voice_f0[g.speaker]]))
     return pitch
 
 

@@ -38,9 +38,14 @@ class ShippedWeights:
         return tuple(self.card["training_speakers"])
 
     @property
+    def codec_training_speakers(self) -> tuple[str, ...]:
+        """The voices the codec trained on (SoundStorm's, unless the card names more)."""
+        return tuple(self.card.get("codec_training_speakers", self.training_speakers))
+
+    @property
     def heard_speakers(self) -> tuple[str, ...]:
         """Every voice either model trained on (the codec may have heard more voices than SoundStorm)."""
-        return tuple(sorted(set(self.training_speakers) | set(self.card.get("codec_training_speakers", ()))))
+        return tuple(sorted(set(self.training_speakers) | set(self.codec_training_speakers)))
 
 
 def demo_weights() -> Optional[ShippedWeights]:
