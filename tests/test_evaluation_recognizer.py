@@ -15,7 +15,7 @@ import soundfile
 
 from soundstorm_jax.data import espeak_corpus
 from soundstorm_jax.evaluation import (enroll, features, fit_voice_space, frame_accuracy, intelligibility, median_f0,
-                                       recognize, train_recognizer, voice_embedding, voice_rank)
+                                       RecognizerConfig, recognize, train_recognizer, voice_embedding, voice_rank)
 from soundstorm_jax.evaluation.report import Clip, GeneratedClip, markdown, speech_report
 
 pytestmark = pytest.mark.skipif(not espeak_corpus.espeak_ffi.is_available(), reason="needs eSpeak NG")
@@ -120,11 +120,24 @@ def test_a_batch_scores_like_its_examples_one_by_one(corpus, trained):
     assert pooled["accuracy"] == pytest.approx(np.average(pooled["per_clip"], weights=weights))
 
 
-def test_the_same_seed_trains_the_same_recognizer(corpus, trained):
-    train = corpus["train"]
-    again, losses = train_recognizer([c[0] for c in train], [c[1] for c in train], jax.random.PRNGKey(0))
-    same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), again.params, trained[0].params))
-    assert all(same) and np.array_equal(losses, trained[1])
+def test_the_same_seed_trains_the_same_recognizer_and_a_cache_keeps_it(corpus, trained, tmp_path, monkeypatch):
+    """Trained again with a cache folder: the same parameters and losses, kept there; the next call with the
+    same inputs loads them (training would fail); other data, another key or another config would miss."""
+    from soundstorm_jax.evaluation import recognizer as recognizer_lib
+
+    audio, ids = [c[0] for c in corpus["train"]], [c[1] for c in corpus["train"]]
+    runs = [train_recognizer(audio, ids, jax.random.PRNGKey(0), cache_dir=str(tmp_path))]
+    assert len(list(tmp_path.glob("recognizer-*.msgpack"))) == 1
+    monkeypatch.setattr(recognizer_lib, "_train", lambda *a: pytest.fail("trained instead of loading the cache"))
+    runs.append(train_recognizer(audio, ids, jax.random.PRNGKey(0), cache_dir=str(tmp_path)))
+    for again, losses in runs:
+        same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), again.params, trained[0].params))
+        assert same and all(same) and np.array_equal(losses, trained[1])
+        assert np.array_equal(recognize(again, audio[:2])[1], recognize(trained[0], audio[:2])[1])
+    digest = recognizer_lib._digest(audio, ids, jax.random.PRNGKey(0), RecognizerConfig())
+    assert len({digest, recognizer_lib._digest(audio, ids, jax.random.PRNGKey(1), RecognizerConfig()),
+                recognizer_lib._digest(audio[:-1], ids[:-1], jax.random.PRNGKey(0), RecognizerConfig()),
+                recognizer_lib._digest(audio, ids, jax.random.PRNGKey(0), RecognizerConfig(steps=10))}) == 4
 
 
 def test_the_voice_measure_ranks_the_true_speaker_first(corpus):

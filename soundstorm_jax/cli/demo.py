@@ -388,17 +388,21 @@ def _generate_samples(model, variables, codec, held_out, script, prompt_frames, 
 
 
 def _speech_metrics(train_audio: list[dict], held_out_audio: list[dict], reconstructions, generated, seed) -> dict:
-    """`evaluation.report.speech_report` on the corpus records (int16 audio, semantic_ids, speaker)."""
+    """`evaluation.report.speech_report` on the corpus records (int16 audio, semantic_ids, speaker). The
+    recognizer trained on the training voices is kept in the local cache (`$SOUNDSTORM_JAX_CACHE/recognizers`):
+    another run on the same corpus and seed loads it instead of training it again."""
     import jax
 
     from soundstorm_jax.data.audio_io import int16_to_float
+    from soundstorm_jax.data.espeak_corpus import default_cache_dir
     from soundstorm_jax.evaluation.report import Clip, speech_report
 
     def clips(records):
         return [Clip(int16_to_float(r["audio"]), np.asarray(r["semantic_ids"]), r["speaker"].decode())
                 for r in records]
     return speech_report(clips(train_audio), clips(held_out_audio), jax.random.PRNGKey(seed),
-                         reconstructions=reconstructions, generated=generated)
+                         reconstructions=reconstructions, generated=generated,
+                         recognizer_cache=os.path.join(default_cache_dir(), "recognizers"))
 
 
 def _write_report(report: dict, out_dir: str) -> list[str]:

@@ -17,14 +17,25 @@ data and the key: same key, same parameters.
 
 Padding: frames past an utterance's end are masked to zero after every layer,
 so an utterance is recognised the same alone or padded into a batch.
+
+Cache: with `cache_dir`, `train_recognizer` keeps what it trained in
+`<cache_dir>/recognizer-<digest>.msgpack`, the digest covering the training
+audio and ids, the key, the config and this module's and `features`' source,
+so a later call with the same inputs (the demo run again on the same corpus)
+loads it instead of training, and anything that would train differently misses.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
+import os
+import tempfile
 from functools import partial
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +43,8 @@ import optax
 
 from soundstorm_jax.data import phonemes
 from soundstorm_jax.evaluation import features as features_lib
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +168,8 @@ def _train(feats: jax.Array, labels: jax.Array, valid: jax.Array, key: jax.Array
 
 
 def train_recognizer(waveforms: Sequence[np.ndarray], phoneme_ids: Sequence[np.ndarray], key: jax.Array,
-                     config: RecognizerConfig = RecognizerConfig()) -> tuple[Recognizer, np.ndarray]:
+                     config: RecognizerConfig = RecognizerConfig(),
+                     cache_dir: Optional[str] = None) -> tuple[Recognizer, np.ndarray]:
     """Trains a recognizer on utterances with their per-frame phoneme ids.
 
     Args:
@@ -163,6 +177,8 @@ def train_recognizer(waveforms: Sequence[np.ndarray], phoneme_ids: Sequence[np.n
       phoneme_ids: int (frames_i,) each, at `config.features.frame_rate`; an
         utterance whose ids and audio disagree in length is trained on their overlap.
       key: a PRNG key; the result is a pure function of it and the data.
+      cache_dir: a local folder to load the result from, or keep it in, for these exact inputs (see the
+        module docstring); None trains every time.
 
     Returns:
       (the recognizer, its training losses (steps,)).
@@ -170,13 +186,52 @@ def train_recognizer(waveforms: Sequence[np.ndarray], phoneme_ids: Sequence[np.n
     if len(waveforms) != len(phoneme_ids) or not waveforms:
         raise ValueError(f"need as many phoneme id sequences as waveforms (>0), got {len(waveforms)} "
                          f"and {len(phoneme_ids)}")
+    cached = None
+    if cache_dir is not None:
+        cached = os.path.join(cache_dir, f"recognizer-{_digest(waveforms, phoneme_ids, key, config)}.msgpack")
+        if os.path.exists(cached):
+            with open(cached, "rb") as f:
+                saved = flax.serialization.msgpack_restore(f.read())
+            return Recognizer(config, saved["params"]), np.asarray(saved["losses"])
     pairs = [features_lib.overlap(features_lib.log_mel(w, config.features), np.asarray(i, np.int32))
              for w, i in zip(waveforms, phoneme_ids)]
     longest = max(max(len(f) for f, _ in pairs), config.crop_frames)
     feats, valid = pad_batch([f for f, _ in pairs], longest)
     labels, _ = pad_batch([i for _, i in pairs], longest, fill=phonemes.PAD_ID)
     params, losses = _train(jnp.asarray(feats), jnp.asarray(labels), jnp.asarray(valid), key, config)
-    return Recognizer(config, params), np.asarray(losses)
+    params, losses = jax.device_get(params), np.asarray(losses)
+    if cached is not None:
+        _save(cached, {"params": params, "losses": losses})
+    return Recognizer(config, params), losses
+
+
+def _digest(waveforms, phoneme_ids, key, config: RecognizerConfig) -> str:
+    """What the trained recognizer is a function of: the data, the key, the config and the code."""
+    h = hashlib.sha256(repr(config).encode())
+    for module in (__file__, features_lib.__file__):
+        with open(module, "rb") as f:
+            h.update(f.read())
+    key = jax.random.key_data(key) if jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key) else key
+    h.update(np.asarray(key).tobytes())
+    for w, i in zip(waveforms, phoneme_ids):
+        for array in (np.asarray(w, np.float32), np.asarray(i, np.int32)):
+            h.update(str(array.shape).encode())
+            h.update(array.tobytes())
+    return h.hexdigest()[:32]
+
+
+def _save(path: str, tree) -> None:
+    """Written beside its name and renamed: a reader never sees half a file. A cache that cannot be written
+    is only a warning (the recognizer was trained)."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(flax.serialization.msgpack_serialize(tree))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("could not keep the trained recognizer in %s: %s", path, e)
 
 
 @partial(jax.jit, static_argnames=("config",))

@@ -51,7 +51,7 @@ def speech_report(train: Sequence[Clip], held_out: Sequence[Clip], key: jax.Arra
                   reconstructions: Optional[Sequence[np.ndarray]] = None,
                   generated: Sequence[GeneratedClip] = (),
                   config: RecognizerConfig = RecognizerConfig(),
-                  recognizer: Optional[Recognizer] = None) -> dict:
+                  recognizer: Optional[Recognizer] = None, recognizer_cache: Optional[str] = None) -> dict:
     """Intelligibility and voice figures (JSON-ready).
 
     Args:
@@ -61,6 +61,8 @@ def speech_report(train: Sequence[Clip], held_out: Sequence[Clip], key: jax.Arra
       reconstructions: float (samples_i,) per held-out clip, the codec's reconstruction of it.
       generated: generated samples.
       recognizer: one already trained (with its config); None trains one on `train` with `key` and `config`.
+      recognizer_cache: a local folder where that training is kept and found again (`train_recognizer`'s
+        cache_dir); None trains every time.
 
     Returns:
       {'recognizer': its training set and final loss, 'intelligibility': accuracy and scored frames of
@@ -76,7 +78,8 @@ def speech_report(train: Sequence[Clip], held_out: Sequence[Clip], key: jax.Arra
     """
     final_loss = None
     if recognizer is None:
-        recognizer, losses = train_recognizer([c.audio for c in train], [c.phoneme_ids for c in train], key, config)
+        recognizer, losses = train_recognizer([c.audio for c in train], [c.phoneme_ids for c in train], key, config,
+                                              cache_dir=recognizer_cache)
         final_loss = float(losses[-1])
     figures = intelligibility(
         recognizer, originals=[c.audio for c in held_out], original_ids=[c.phoneme_ids for c in held_out],
