@@ -4,8 +4,9 @@ EnCodec 24 kHz with an importer for the PyTorch ``encodec`` package's weights.
 Every codec implements ``Codec`` (``interface``). Codes are ``(b, frames, groups * levels)`` int32,
 group-major (column ``g * Q + q``).
 """
-from soundstorm_jax.codec.discriminators import (CodecDiscriminator, MultiResolutionSTFTDiscriminator,
-                                                 MultiScaleDiscriminator, STFTDiscriminator, WaveDiscriminator)
+from soundstorm_jax.codec.discriminators import (CodecDiscriminator, MultiPeriodDiscriminator,
+                                                 MultiResolutionSTFTDiscriminator, MultiScaleDiscriminator,
+                                                 PeriodDiscriminator, STFTDiscriminator, WaveDiscriminator)
 from soundstorm_jax.codec.encodec import EnCodec, EnCodecCodec
 from soundstorm_jax.codec.encodec_import import import_encodec_state_dict, load_encodec
 from soundstorm_jax.codec.host_codec import HostCodec
@@ -22,8 +23,8 @@ from soundstorm_jax.codec.vector_quantizer import VectorQuantizer, kmeans, kmean
 
 __all__ = [
     "Codec", "CodecDiscriminator", "CodecTrainConfig", "CodecTrainState", "EnCodec", "EnCodecCodec",
-    "GroupedResidualVQ", "HostCodec", "LocalTransformer", "MultiResolutionSTFTDiscriminator", "MultiScaleDiscriminator",
-    "QuantizerOutput", "ResidualVQ", "STFTDiscriminator", "SoundStream", "SoundStreamCodec", "SoundStreamOutput",
+    "GroupedResidualVQ", "HostCodec", "LocalTransformer", "MultiPeriodDiscriminator",
+    "MultiResolutionSTFTDiscriminator", "MultiScaleDiscriminator", "PeriodDiscriminator", "QuantizerOutput", "ResidualVQ", "STFTDiscriminator", "SoundStream", "SoundStreamCodec", "SoundStreamOutput",
     "VectorQuantizer", "WaveDiscriminator", "codec_eval_step", "codec_from_state", "codec_losses", "codec_optimizer",
     "codec_train_step", "draw_num_levels", "feature_matching_loss", "hinge_discriminator_loss", "hinge_generator_loss",
     "import_encodec_state_dict", "init_codec_train_state", "kmeans", "kmeans_plus_plus", "load_encodec",

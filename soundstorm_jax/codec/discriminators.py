@@ -6,7 +6,11 @@
 * ``STFTDiscriminator``: 2-D convs over a complex STFT (real and imaginary parts
   as two channels, layout ``(b frames freqs 2)``), strided along frequency.
 * ``MultiResolutionSTFTDiscriminator``: one ``STFTDiscriminator`` per (n_fft, hop).
-* ``CodecDiscriminator``: all of the above.
+* ``PeriodDiscriminator``: HiFi-GAN's period sub-discriminator: the waveform folded
+  into ``period`` columns ``(b t/period period)``, 2-D convs along time only, so each
+  column (every ``period``-th sample) is judged on its own; ``MultiPeriodDiscriminator``:
+  one per period (HiFi-GAN: 2, 3, 5, 7, 11), for the periodic structure of voiced speech.
+* ``CodecDiscriminator``: all of the above (the period ones only when given periods).
 
 Every discriminator maps audio ``(b t)`` to a list of ``(logits, features)``,
 one entry per sub-discriminator: ``logits`` an array of any shape, ``features``
@@ -128,8 +132,54 @@ class MultiResolutionSTFTDiscriminator(nn.Module):
                 for n_fft, hop in self.resolutions]
 
 
+class PeriodDiscriminator(nn.Module):
+    """Waveform ``(b t)`` -> ``(logits (b t' period), features)``, the waveform folded into ``period`` columns.
+
+    ``t`` is reflect-padded up to a multiple of ``period`` (at most ``period - 1`` samples); then
+    ``num_layers`` convs (5, 1) stride (3, 1) with channels ``channels * 4**i`` (capped at
+    ``max_channels``), a conv (5, 1) and a conv (3, 1) to one logit channel.
+    """
+    period: int
+    channels: int = 32
+    max_channels: int = 1024
+    num_layers: int = 4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, audio: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+        b, t = audio.shape
+        if self.period < 2 or t <= self.period:
+            raise ValueError(f"PeriodDiscriminator needs a period >= 2 shorter than the audio ({t} samples), "
+                             f"got period {self.period}")
+        x = jnp.pad(audio, ((0, 0), (0, -t % self.period)), mode='reflect')
+        x = x.reshape(b, -1, self.period, 1).astype(self.dtype)  # (b t/period period 1)
+        conv = lambda f, k, s=1: nn.Conv(f, (k, 1), strides=(s, 1), padding=(((k - 1) // 2, (k - 1) // 2), (0, 0)),
+                                         dtype=self.dtype, param_dtype=jnp.float32)
+        features = []
+        for i in range(self.num_layers):
+            x = _lrelu(conv(min(self.channels * 4 ** i, self.max_channels), 5, 3)(x))
+            features.append(x)
+        x = _lrelu(conv(x.shape[-1], 5)(x))
+        features.append(x)
+        logits = conv(1, 3)(x)[..., 0]
+        return logits.astype(jnp.float32), features
+
+
+class MultiPeriodDiscriminator(nn.Module):
+    """One ``PeriodDiscriminator`` per period in ``periods``."""
+    periods: Sequence[int] = (2, 3, 5, 7, 11)
+    channels: int = 32
+    max_channels: int = 1024
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, audio: jax.Array) -> DiscriminatorOutput:
+        return [PeriodDiscriminator(p, self.channels, self.max_channels, dtype=self.dtype, name=f'period_{p}')(audio)
+                for p in self.periods]
+
+
 class CodecDiscriminator(nn.Module):
-    """Multi-scale waveform + multi-resolution STFT discriminators: audio ``(b t)`` -> list of outputs.
+    """Multi-scale waveform + multi-resolution STFT (+ multi-period) discriminators: audio ``(b t)`` -> list.
 
     The defaults are the full-size SoundStream/EnCodec settings; tests shrink the channel counts.
     """
@@ -141,6 +191,9 @@ class CodecDiscriminator(nn.Module):
     stft_channels: int = 32
     stft_max_channels: int = 1024
     stft_dilations: Sequence[int] = (1, 2, 4)
+    periods: Sequence[int] = ()  # HiFi-GAN's (2, 3, 5, 7, 11) adds its multi-period discriminator
+    period_channels: int = 32
+    period_max_channels: int = 1024
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -153,6 +206,9 @@ class CodecDiscriminator(nn.Module):
             outputs += MultiResolutionSTFTDiscriminator(self.stft_resolutions, self.stft_channels,
                                                         self.stft_max_channels, self.stft_dilations, self.dtype,
                                                         name='stft')(audio)
+        if self.periods:
+            outputs += MultiPeriodDiscriminator(self.periods, self.period_channels, self.period_max_channels,
+                                                self.dtype, name='period')(audio)
         if not outputs:
-            raise ValueError("CodecDiscriminator needs num_scales > 0 or at least one stft resolution")
+            raise ValueError("CodecDiscriminator needs num_scales > 0, an stft resolution or a period")
         return outputs

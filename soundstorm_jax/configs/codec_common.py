@@ -32,7 +32,8 @@ def codec_base_config() -> ml_collections.ConfigDict:
         discriminator=ml_collections.ConfigDict(dict(
             num_scales=3, wave_channels=16, wave_max_channels=1024, wave_downsample=(4, 4, 4, 4),
             stft_resolutions=((1024, 256), (2048, 512), (512, 128)), stft_channels=32, stft_max_channels=1024,
-            stft_dilations=(1, 2, 4), dtype="float32"))))
+            stft_dilations=(1, 2, 4), periods=(), period_channels=32, period_max_channels=1024,
+            dtype="float32"))))
 
     c.loss = ml_collections.ConfigDict(dict(
         mel_scales=(64, 128, 256, 512, 1024, 2048), mel_bins=64, mel_weight=1.0,
