@@ -24,7 +24,8 @@ from soundstorm_jax.codec.vector_quantizer import VectorQuantizer, kmeans, kmean
 __all__ = [
     "Codec", "CodecDiscriminator", "CodecTrainConfig", "CodecTrainState", "EnCodec", "EnCodecCodec",
     "GroupedResidualVQ", "HostCodec", "LocalTransformer", "MultiPeriodDiscriminator",
-    "MultiResolutionSTFTDiscriminator", "MultiScaleDiscriminator", "PeriodDiscriminator", "QuantizerOutput", "ResidualVQ", "STFTDiscriminator", "SoundStream", "SoundStreamCodec", "SoundStreamOutput",
+    "MultiResolutionSTFTDiscriminator", "MultiScaleDiscriminator", "PeriodDiscriminator", "QuantizerOutput",
+    "ResidualVQ", "STFTDiscriminator", "SoundStream", "SoundStreamCodec", "SoundStreamOutput",
     "VectorQuantizer", "WaveDiscriminator", "codec_eval_step", "codec_from_state", "codec_losses", "codec_optimizer",
     "codec_train_step", "draw_num_levels", "feature_matching_loss", "hinge_discriminator_loss", "hinge_generator_loss",
     "import_encodec_state_dict", "init_codec_train_state", "kmeans", "kmeans_plus_plus", "load_encodec",

@@ -223,6 +223,7 @@ def _digest(waveforms, phoneme_ids, key, config: RecognizerConfig) -> str:
 def _save(path: str, tree) -> None:
     """Written beside its name and renamed: a reader never sees half a file. A cache that cannot be written
     is only a warning (the recognizer was trained)."""
+    tmp = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
@@ -232,6 +233,8 @@ def _save(path: str, tree) -> None:
         os.replace(tmp, path)
     except OSError as e:
         log.warning("could not keep the trained recognizer in %s: %s", path, e)
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
 
 
 @partial(jax.jit, static_argnames=("config",))

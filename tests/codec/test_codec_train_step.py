@@ -112,7 +112,7 @@ def test_each_parameter_group_gets_only_its_own_loss_gradient():
         codec=tiny_soundstream(strides=(2,), channels=4, dim=8, rq_groups=1, rq_num_quantizers=2, attn_depth=0),
         discriminator=CodecDiscriminator(num_scales=1, wave_channels=4, wave_max_channels=8, wave_downsample=(4,),
                                          stft_resolutions=((64, 16),), stft_channels=2, stft_max_channels=4,
-                                         stft_dilations=(1,)),
+                                         stft_dilations=(1,), periods=(3,), period_channels=2, period_max_channels=4),
         adversarial_start_step=0, mel_scales=(64,))
     audio = jnp.asarray(simple_audio(np.random.default_rng(3), 2, 256))
     state = init_codec_train_state(config, jax.random.key(0), audio)
