@@ -8,6 +8,7 @@ lives here:
 
   is_remote        'gs://...' (any URL scheme) or a local path
   check_reachable  a remote path's bucket answers within a bounded time, else `StorageError` naming the path
+                   (at once when nothing listens at the storage endpoint)
   readable         a local path as is, a remote file's bytes in memory (for NumPy, soundfile and torch readers)
   walk             `os.walk` over a local or a remote folder
   upload_tree      a local folder (e.g. a dataset TFDS prepared locally) copied to a remote one
@@ -24,7 +25,9 @@ from __future__ import annotations
 import io
 import os
 import re
+import socket
 import threading
+import urllib.parse
 from typing import Iterator, Union
 
 from etils import epath
@@ -34,6 +37,7 @@ PathLike = Union[str, os.PathLike]
 # One small request answers in well under a second from a TPU VM; unreachable storage would otherwise keep
 # gcsfs retrying with backoff for 35-50 s before it gives up.
 REACH_TIMEOUT_S = 15.0
+GCS_ENDPOINT = "https://storage.googleapis.com"
 
 _reachable_buckets: set[str] = set()  # Probed once per process.
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -62,6 +66,22 @@ def _storage_hint() -> str:
             "service account)")
 
 
+def _endpoint_refuses(timeout_s: float) -> str | None:
+    """'host:port (reason)' when a TCP connection to the Cloud Storage endpoint (the emulator's when
+    STORAGE_EMULATOR_HOST is set) fails at once; None when it connects, or merely takes its time (the probe's
+    timeout then bounds the wait)."""
+    url = os.environ.get("STORAGE_EMULATOR_HOST") or GCS_ENDPOINT
+    parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    host, port = parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except socket.timeout:
+        return None
+    except OSError as e:  # Connection refused, no route, unknown host.
+        return f"{host}:{port} ({e.strerror or type(e).__name__})"
+    return None
+
+
 def check_reachable(path: PathLike, what: str, *, timeout_s: float = REACH_TIMEOUT_S) -> None:
     """For a remote `path`: its bucket exists and answers within `timeout_s`; else `StorageError`.
 
@@ -73,6 +93,11 @@ def check_reachable(path: PathLike, what: str, *, timeout_s: float = REACH_TIMEO
     bucket = bucket_of(path)
     if bucket in _reachable_buckets:
         return
+    where = f"{what} {os.fspath(path)!r}"
+    if bucket.startswith("gs://"):
+        refused = _endpoint_refuses(min(timeout_s, 5.0))
+        if refused:  # Nothing listens there (or the name does not resolve): gcsfs would retry it for 35 s.
+            raise StorageError(f"{where}: cannot connect to {refused}; {_storage_hint()}")
     outcome = {}
 
     def probe():
@@ -85,7 +110,6 @@ def check_reachable(path: PathLike, what: str, *, timeout_s: float = REACH_TIMEO
     thread = threading.Thread(target=probe, name=f"probe {bucket}", daemon=True)
     thread.start()
     thread.join(timeout_s)
-    where = f"{what} {os.fspath(path)!r}"
     if thread.is_alive():
         raise StorageError(f"{where}: no answer from {bucket} within {timeout_s:g} s; {_storage_hint()}")
     if "error" in outcome:

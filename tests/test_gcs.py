@@ -193,8 +193,8 @@ def test_a_missing_bucket_is_a_one_line_error(gcs, tmp_path, monkeypatch):
 
 
 def test_unreachable_storage_is_a_one_line_error_within_a_bounded_time(tmp_path):
-    """Storage that never answers (an emulator address with nothing listening): exit 2 naming the path in under
-    30 s, where gcsfs alone would retry for about 35 s per request."""
+    """Storage that cannot be reached (an emulator address with nothing listening): exit 2 naming the path in under
+    30 s (at once: the connection is refused), where gcsfs alone would retry for about 35 s per request."""
     env = dict(os.environ, **gcs_emulator.emulator_env(f"http://127.0.0.1:{gcs_emulator.free_port()}"))
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     env["JAX_PLATFORMS"] = "cpu"
@@ -207,6 +207,26 @@ def test_unreachable_storage_is_a_one_line_error_within_a_bounded_time(tmp_path)
     assert f"'gs://{BUCKET}/run'" in errors[0] and "STORAGE_EMULATOR_HOST" in errors[0], errors[0]
     assert seconds < 30, seconds
     nothing_local(tmp_path)
+
+
+def test_storage_that_accepts_but_never_answers_is_an_error_after_the_timeout(monkeypatch):
+    """An endpoint that takes the connection and then says nothing (a hung proxy): the probe gives up after its
+    timeout, naming the path, instead of waiting on gcsfs's retries."""
+    import socket
+
+    from soundstorm_jax import paths
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # Connections complete in the kernel's backlog; nothing ever reads or replies.
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        import gcsfs
+        gcsfs.GCSFileSystem.clear_instance_cache()
+        start = time.perf_counter()
+        with pytest.raises(paths.StorageError, match=r"workdir 'gs://silent-bucket/run': no answer from "
+                                                     r"gs://silent-bucket within 1 s; is the storage emulator"):
+            paths.check_reachable("gs://silent-bucket/run", "workdir", timeout_s=1.0)
+        assert time.perf_counter() - start < 10
+    gcsfs.GCSFileSystem.clear_instance_cache()
 
 
 # ---- training, killed and resumed, all in the bucket --------------------------------------------------------
