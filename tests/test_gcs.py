@@ -229,6 +229,16 @@ def test_storage_that_accepts_but_never_answers_is_an_error_after_the_timeout(mo
     gcsfs.GCSFileSystem.clear_instance_cache()
 
 
+def test_the_fast_refusal_check_names_the_endpoint_and_defers_to_a_proxy(monkeypatch):
+    from soundstorm_jax import paths
+    port = gcs_emulator.free_port()  # Nothing listens there.
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    assert paths._endpoint_refuses(1.0).startswith(f"127.0.0.1:{port} (")
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")  # Real Cloud Storage through a proxy:
+    assert paths._endpoint_refuses(1.0) is None  # only the probe (through gcsfs and the proxy) can tell.
+
+
 # ---- training, killed and resumed, all in the bucket --------------------------------------------------------
 
 @pytest.fixture(scope="module")
