@@ -70,10 +70,11 @@ def _endpoint_refuses(timeout_s: float) -> str | None:
     """'host:port (reason)' when a TCP connection to the Cloud Storage endpoint (the emulator's when
     STORAGE_EMULATOR_HOST is set) fails at once; None when it connects, or merely takes its time (the probe's
     timeout then bounds the wait)."""
-    url = os.environ.get("STORAGE_EMULATOR_HOST") or GCS_ENDPOINT
-    if not os.environ.get("STORAGE_EMULATOR_HOST") and any(
-            os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    proxies = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+    if not emulator and any(os.environ.get(name) for name in proxies):
         return None  # Cloud Storage through a proxy: a direct connection proves nothing; the probe decides.
+    url = emulator or GCS_ENDPOINT
     parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
     host, port = parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
