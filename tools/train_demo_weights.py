@@ -3,11 +3,13 @@
     python tools/train_demo_weights.py --codec-steps 6000 --soundstorm-steps 1200
     python tools/train_demo_weights.py --codec-steps 6000 --codec-voices small --codec-gan-from 2000 \
         --soundstorm-steps 1200
+    python tools/train_demo_weights.py --codec-steps 4000 --codec-voices small --soundstorm-voices small \
+        --soundstorm-steps 2000
 
-By default (the recipe of the shipped weights) it runs `soundstorm demo --from-scratch` for exactly those steps:
-the demo's codec on the demo corpus's training voices, then the demo's SoundStorm. With --codec-voices or
---codec-gan-from it runs three stages, each an ordinary command; started again with the same flags it resumes the
-codec's workdir exactly (`soundstorm train`) and redoes the demo stage:
+By default it runs `soundstorm demo --from-scratch` for exactly those steps: the demo's codec on the demo corpus's
+training voices, then the demo's SoundStorm. With --codec-voices, --codec-gan-from or --soundstorm-voices it runs
+three stages, each an ordinary command; started again with the same flags it resumes the codec's workdir exactly
+(`soundstorm train`) and redoes the later stages:
 
   1. codec voices  the demo corpus's own training voices (the tiny corpus: 5, all male), or with
                    --codec-voices small the small embedded corpus's training voices minus any voice the demo
@@ -18,9 +20,14 @@ codec's workdir exactly (`soundstorm train`) and redoes the demo stage:
                    (configs/codec_common.py's weights): mel losses alone leave the phase out of the codes, and the
                    decoder buzzes at multiples of the frame rate whatever the voice's pitch
   3. SoundStorm    `soundstorm demo --codec WORK/codec --soundstorm-steps N`: the demo's own
-                   SoundStorm training on the demo corpus encoded with that codec, then its evaluation
+                   SoundStorm training on the demo corpus encoded with that codec, then its evaluation; or with
+                   --soundstorm-voices small, `soundstorm train --config demo` on the codec's voices (the small
+                   corpus's training voices minus the demo's held-out ones, with their phoneme ids) encoded
+                   with that codec, then the weights are copied to the package and a default `soundstorm demo`
+                   evaluates them there (the tiny corpus's five male voices teach SoundStorm no female voice, and a
+                   codec that keeps the pitch gives female prompts codes it has never seen)
 
-It then exports the SoundStorm together with its codec (`soundstorm export`: EMA parameters and configs, no
+It exports the SoundStorm together with its codec (`soundstorm export`: EMA parameters and configs, no
 optimizer state) and writes `card.json` beside them: the command, corpus, seed and training voices of each model,
 the steps, the machine and wall time per stage, and the figures the demo measured. A default `soundstorm demo`
 evaluates the shipped weights the same way; tests/test_demo.py checks that it reproduces the card's figures.
@@ -98,6 +105,37 @@ def train_codec_elsewhere(args, codec_dir: str) -> tuple[list[str], int, dict]:
     return voices, run["checkpoints"][-1], seconds
 
 
+def train_soundstorm_elsewhere(args, codec_dir: str, soundstorm_dir: str) -> tuple[list[str], dict]:
+    """Stage 3 for --soundstorm-voices small: (training voices, seconds per stage)."""
+    from soundstorm_jax.data import espeak_corpus, prepare_audio_folder, prepare_codes_dataset
+    from soundstorm_jax.training.restore import load_codec
+    seconds = {}
+    begin = time.perf_counter()
+    audio = os.path.join(args.work, "small_voices_audio")
+    voices = codec_voices(args.corpus, "small", args.seed, audio)
+    # The phoneme ids are the corpus's (the WAVs' .semantic.npy sidecars): the metadata says so, as the demo's.
+    audio_data = prepare_audio_folder(audio, os.path.join(args.work, "small_voices_data"), sample_rate=SAMPLE_RATE,
+                                      metadata=espeak_corpus.corpus_metadata("small", args.seed, FRAME_RATE))
+    codec = load_codec(codec_dir)
+    codes_dir = os.path.join(args.work, "small_voices_codes")
+    prepare_codes_dataset(
+        codes_dir, audio_source=audio_data, encode_fn=codec.encode, samples_per_frame=codec.hop_length,
+        num_levels=codec.num_quantizers, codebook_size=codec.codebook_size, encode_batch_size=8,
+        pad_to_multiple=2 * codec.sample_rate,
+        metadata=dict(audio_data.info.metadata or {}, sample_rate=codec.sample_rate, frame_rate=codec.frame_rate))
+    seconds["encode_voices"] = round(time.perf_counter() - begin, 1)
+    begin = time.perf_counter()
+    soundstorm("train", "--config", "demo", "--workdir", soundstorm_dir, f"--config.data.dir={codes_dir}",
+               f"--config.seed={args.seed}", f"--config.total_steps={args.soundstorm_steps}")
+    seconds["soundstorm"] = round(time.perf_counter() - begin, 1)
+    return voices, seconds
+
+
+def write_card(export_dir: str, card: dict) -> None:
+    with open(os.path.join(export_dir, "card.json"), "w", encoding="utf-8") as f:
+        json.dump(card, f, indent=1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--codec-steps", type=int, required=True)
@@ -106,6 +144,10 @@ def main() -> int:
                              "minus the demo's held-out ones")
     parser.add_argument("--codec-gan-from", type=int, default=None,
                         help="the step from which the codec's GAN terms count (default: mel losses only)")
+    parser.add_argument("--soundstorm-voices", choices=("corpus", "small"), default="corpus",
+                        help="SoundStorm's training voices: the demo corpus's (default, trained by the demo) or, "
+                             "as --codec-voices, the small corpus's minus the demo's held-out ones (then --target "
+                             "must be the package's folder: a default `soundstorm demo` measures the weights there)")
     parser.add_argument("--soundstorm-steps", type=int, required=True)
     parser.add_argument("--work", default=os.path.join("runs", "demo_weights"),
                         help="the runs' folder (default runs/demo_weights)")
@@ -113,11 +155,16 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target", default=TARGET, help="where the weights go (default: the package's folder)")
     args = parser.parse_args()
+    measured_in_package = args.soundstorm_voices != "corpus"
+    if measured_in_package and os.path.realpath(args.target) != os.path.realpath(TARGET):
+        parser.error("--soundstorm-voices small measures the weights with a default `soundstorm demo`, which reads "
+                     f"them from the package: leave --target at {TARGET}")
     demo_out = os.path.join(args.work, "demo")
     shutil.rmtree(demo_out, ignore_errors=True)  # the demo trains SoundStorm from scratch in a new folder
-    if args.codec_voices == "corpus" and args.codec_gan_from is None:
+    soundstorm_speakers = None  # the corpus's training voices
+    if args.codec_voices == "corpus" and args.codec_gan_from is None and not measured_in_package:
         # The demo's own codec recipe: `soundstorm demo --from-scratch` trains both models for exactly these steps.
-        codec_dir = os.path.join(demo_out, "codec")
+        codec_dir, soundstorm_dir = os.path.join(demo_out, "codec"), os.path.join(demo_out, "soundstorm")
         codec_speakers = None  # the corpus's training voices, as SoundStorm's
         report = soundstorm("demo", "--from-scratch", "--out", demo_out, "--corpus", args.corpus,
                             "--codec-steps", str(args.codec_steps), "--soundstorm-steps", str(args.soundstorm_steps),
@@ -126,44 +173,61 @@ def main() -> int:
     else:
         codec_dir = os.path.join(args.work, "codec")
         codec_speakers, codec_steps, seconds = train_codec_elsewhere(args, codec_dir)
-        report = soundstorm("demo", "--codec", codec_dir, "--out", demo_out, "--corpus", args.corpus,
-                            "--soundstorm-steps", str(args.soundstorm_steps), "--seed", str(args.seed))
-        seconds.update(report["stage_seconds"])
-        seconds.pop("codec")  # the demo's copy of the given codec: not training
+        if measured_in_package:
+            soundstorm_dir = os.path.join(args.work, "soundstorm")
+            soundstorm_speakers, stage_seconds = train_soundstorm_elsewhere(args, codec_dir, soundstorm_dir)
+            seconds.update(stage_seconds)
+            report = None  # measured below, once the weights are in the package
+        else:
+            soundstorm_dir = os.path.join(demo_out, "soundstorm")
+            report = soundstorm("demo", "--codec", codec_dir, "--out", demo_out, "--corpus", args.corpus,
+                                "--soundstorm-steps", str(args.soundstorm_steps), "--seed", str(args.seed))
+            seconds.update(report["stage_seconds"])
+            seconds.pop("codec")  # the demo's copy of the given codec: not training
 
     from soundstorm_jax.data import espeak_corpus
     from soundstorm_jax.export import export_run
 
     export_dir = os.path.join(args.work, "export")
     shutil.rmtree(export_dir, ignore_errors=True)
-    export = export_run(os.path.join(demo_out, "soundstorm"), export_dir, codec=codec_dir)
-    speakers = sorted({u.speaker.name for u in espeak_corpus.utterances(args.corpus, args.seed)
-                       if u.split == "train"})
+    export = export_run(soundstorm_dir, export_dir, codec=codec_dir)
+    corpus_speakers = sorted({u.speaker.name for u in espeak_corpus.utterances(args.corpus, args.seed)
+                              if u.split == "train"})
     command = ["python", "tools/train_demo_weights.py", "--codec-steps", str(args.codec_steps)]
     command += [] if args.codec_voices == "corpus" else ["--codec-voices", args.codec_voices]
     command += [] if args.codec_gan_from is None else ["--codec-gan-from", str(args.codec_gan_from)]
+    command += [] if args.soundstorm_voices == "corpus" else ["--soundstorm-voices", args.soundstorm_voices]
     command += ["--soundstorm-steps", str(args.soundstorm_steps)]
     command += (["--corpus", args.corpus] if args.corpus != "tiny" else []) + (["--seed", str(args.seed)]
                                                                                if args.seed else [])
     card = dict(
         command=" ".join(command), corpus=args.corpus, seed=args.seed,
-        training_speakers=speakers, codec_training_speakers=codec_speakers or speakers,
+        training_speakers=soundstorm_speakers or corpus_speakers,
+        codec_training_speakers=codec_speakers or corpus_speakers,
         codec_steps=codec_steps, codec_gan_from=args.codec_gan_from,
-        soundstorm_steps=report["soundstorm"]["steps"],
+        soundstorm_steps=args.soundstorm_steps if report is None else report["soundstorm"]["steps"],
         export_bytes=export["export_bytes"] + export["codec"]["export_bytes"],
         machine=dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
                      cpus=os.cpu_count(), python=platform.python_version()),
-        stage_seconds=seconds, total_seconds=round(sum(seconds.values()), 1),
-        figures={key: report[key] for key in ("codec", "held_out_accuracy", "speech", "samples")})
-    for sample in card["figures"]["samples"]:  # the run's local files mean nothing in the package
-        for key in ("wav", "prompt_wav", "spectrogram"):
-            sample.pop(key, None)
-    with open(os.path.join(export_dir, "card.json"), "w", encoding="utf-8") as f:
-        json.dump(card, f, indent=1)
+        stage_seconds=seconds, figures=dict(codec={}))
     # Orbax's commit marker names the folder it wrote; in the package that folder means nothing.
     for marker in ("params/commit_success.txt", "codec/params/commit_success.txt"):
         with open(os.path.join(export_dir, marker), "w", encoding="utf-8") as f:
             f.write("Checkpoint commit was successful (written by tools/train_demo_weights.py)")
+    if report is None:  # a default demo measures the weights where it finds them: in the package
+        write_card(export_dir, card)
+        shutil.rmtree(args.target, ignore_errors=True)
+        shutil.copytree(export_dir, args.target)
+        report = soundstorm("demo", "--out", demo_out, "--corpus", args.corpus, "--seed", str(args.seed))
+        report["codec"].update(steps=codec_steps)
+        seconds.update({f"demo_{k}": v for k, v in report["stage_seconds"].items()
+                        if k in ("encode", "evaluate", "generate", "listen")})
+    card.update(stage_seconds=seconds, total_seconds=round(sum(seconds.values()), 1),
+                figures={key: report[key] for key in ("codec", "held_out_accuracy", "speech", "samples")})
+    for sample in card["figures"]["samples"]:  # the run's local files mean nothing in the package
+        for key in ("wav", "prompt_wav", "spectrogram"):
+            sample.pop(key, None)
+    write_card(export_dir, card)
     shutil.rmtree(args.target, ignore_errors=True)
     shutil.copytree(export_dir, args.target)
     print(json.dumps(dict(target=args.target, export_bytes=card["export_bytes"], total_seconds=card["total_seconds"])))

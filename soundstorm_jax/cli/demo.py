@@ -414,6 +414,7 @@ def _write_report(report: dict, out_dir: str) -> list[str]:
 
 
 def _markdown(r: dict) -> list[str]:
+    from soundstorm_jax.data import espeak_corpus
     from soundstorm_jax.evaluation.report import markdown as speech_markdown  # jax and flax: not at CLI start-up
 
     c, s = r["codec"], r["soundstorm"]
@@ -422,11 +423,15 @@ def _markdown(r: dict) -> list[str]:
              f"Weights: codec {w['codec']}, SoundStorm {w['soundstorm']}."]
     if "shipped" in r:
         x = r["shipped"]
-        lines[-1] += (f" The shipped weights were trained by `{x['command']}` on the {x['corpus']} corpus "
-                      f"(seed {x['seed']}), voices {', '.join(x['training_speakers'])}"
-                      + ("" if x["codec_training_speakers"] == x["training_speakers"] else
-                         f" (the codec on {len(x['codec_training_speakers'])} voices of the small corpus)")
-                      + "; the held-out voice was never trained on.")
+        corpus_voices = sorted({u.speaker.name for u in espeak_corpus.utterances(x["corpus"], x["seed"])
+                                if u.split == "train"})
+
+        def voices(names):
+            return (f"the {x['corpus']} corpus's voices ({', '.join(names)})" if sorted(names) == corpus_voices
+                    else f"{len(names)} voices of the small corpus")
+        lines[-1] += (f" The shipped weights for the {x['corpus']} corpus (seed {x['seed']}) were trained by "
+                      f"`{x['command']}`: SoundStorm on {voices(x['training_speakers'])}, the codec on "
+                      f"{voices(x['codec_training_speakers'])}; the held-out voice was never trained on.")
     lines += ["", "## Codec (held-out voice)", "",
              f"{c['steps']} steps; SNR {c['snr_db']} dB, log-spectral distance {c['log_spectral_distance_db']} dB "
              f"over {c['utterances']} utterances; eval mel loss {_fmt(c['eval_mel_loss'])}.", "",

@@ -6,8 +6,11 @@
 Sized to learn speech-like reconstructions of the embedded eSpeak corpus in a
 few CPU minutes: mel reconstruction loss only (no GAN; `soundstorm demo
 --minutes` buys more steps), centred (non-causal) convolutions, no quantizer
-dropout. About 0.2 s per step (2 s of audio) on a 2-core CPU. For a real
-codec start from configs/codec_paper.py.
+dropout. The mel loss's long window (2048 samples, 160 bands) resolves a
+voice's harmonics, so the codes keep its pitch: with 64 bands on 512-sample
+windows every voice came back at a 100 Hz frame-locked buzz (README, "Hear
+it"). About 0.3 s per step (4 s of audio) on a 2-core CPU. For a real codec
+start from configs/codec_paper.py.
 """
 import ml_collections
 
@@ -24,8 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
     gen.causal = False
     gen.quantizer_dropout = 0.0
 
-    config.loss.mel_scales = (128, 512)
-    config.loss.mel_bins = 64
+    config.loss.mel_scales = (512, 2048)  # 2048-sample windows resolve a voice's harmonics
+    config.loss.mel_bins = 160
     config.loss.adversarial_weight = 0.0  # both GAN weights 0: the step leaves the discriminators out
     config.loss.feature_matching_weight = 0.0
     config.loss.adversarial_start_step = 10**9
@@ -34,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.b1, config.optimizer.b2 = 0.9, 0.99
 
     config.data.batch_size = 8
-    config.data.segment_samples = 4000  # 0.25 s crops
+    config.data.segment_samples = 8000  # 0.5 s crops: several 2048-sample windows each
 
     config.checkpoint.every_steps = 200
     config.checkpoint.keep = 1
