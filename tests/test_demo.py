@@ -133,6 +133,10 @@ def test_the_shipped_weights_meet_the_targets_and_reproduce_their_card(demo):
     assert speech["reconstruction_ratio"] >= 0.75, speech  # the codec keeps 3/4 of what the recognizer hears
     assert speech["generated_ratio"] >= 0.65, speech
     assert speech["wrong_sentence"]["accuracy"] < speech["generated"]["accuracy"] / 3
+    # The held-out voice's own pitch and voice, in the reconstructions and in the generated speech.
+    pitch, voice = report["speech"]["pitch"], report["speech"]["voice"]
+    assert abs(pitch["reconstruction_ratio"] - 1) < 0.15 and abs(pitch["generated_ratio"] - 1) < 0.15, pitch
+    assert voice["reconstructions"]["mean_rank"] < 1.5 and voice["generated"]["mean_rank"] < 1.5, voice
     # The card's run trained these weights and measured them the same way; other XLA flags may move a frame.
     expected = card["figures"]
     for name in ("originals", "reconstructions", "generated", "wrong_sentence"):

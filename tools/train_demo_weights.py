@@ -29,7 +29,9 @@ three stages, each an ordinary command; started again with the same flags it res
 
 It exports the SoundStorm together with its codec (`soundstorm export`: EMA parameters and configs, no
 optimizer state) and writes `card.json` beside them: the command, corpus, seed and training voices of each model,
-the steps, the machine and wall time per stage, and the figures the demo measured. A default `soundstorm demo`
+the steps, the machine, the wall time per stage of this invocation and the seconds each model's training steps
+took (`step_seconds`, read from the workdirs' metrics: a resumed stage takes seconds), and the figures the demo
+measured. A default `soundstorm demo`
 evaluates the shipped weights the same way; tests/test_demo.py checks that it reproduces the card's figures.
 Run it from the repository root (the export records the run folder relative to it).
 """
@@ -131,6 +133,17 @@ def train_soundstorm_elsewhere(args, codec_dir: str, soundstorm_dir: str) -> tup
     return voices, seconds
 
 
+def step_seconds(workdir: str) -> float:
+    """The seconds a workdir's training steps took (metrics.jsonl's mean step times over each logging interval):
+    the training's own time, whichever invocation of this tool ran it (a resumed stage takes seconds)."""
+    total, previous = 0.0, 0
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        for row in map(json.loads, f):
+            if "step_time" in row:
+                total, previous = total + row["step_time"] * (row["step"] - previous), row["step"]
+    return round(total, 1)
+
+
 def write_card(export_dir: str, card: dict) -> None:
     with open(os.path.join(export_dir, "card.json"), "w", encoding="utf-8") as f:
         json.dump(card, f, indent=1)
@@ -209,7 +222,8 @@ def main() -> int:
         export_bytes=export["export_bytes"] + export["codec"]["export_bytes"],
         machine=dict(platform=platform.platform(), processor=platform.processor() or platform.machine(),
                      cpus=os.cpu_count(), python=platform.python_version()),
-        stage_seconds=seconds, figures=dict(codec={}))
+        stage_seconds=seconds, figures=dict(codec={}),
+        step_seconds=dict(codec=step_seconds(codec_dir), soundstorm=step_seconds(soundstorm_dir)))
     # Orbax's commit marker names the folder it wrote; in the package that folder means nothing.
     for marker in ("params/commit_success.txt", "codec/params/commit_success.txt"):
         with open(os.path.join(export_dir, marker), "w", encoding="utf-8") as f:
