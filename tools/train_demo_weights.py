@@ -78,15 +78,24 @@ def codec_voices(corpus: str, voices_from: str, seed: int, folder: str) -> list[
     return voices
 
 
+def voices_dataset(args, voices_from: str):
+    """`codec_voices`' audio folder for `voices_from` (the demo corpus or "small") and its audio dataset, with
+    the corpus's metadata (the WAVs' .semantic.npy sidecars are its phoneme ids): built once in WORK, shared by
+    the codec and SoundStorm stages. Returns (training voices, the dataset's folder, its builder)."""
+    from soundstorm_jax.data import espeak_corpus, prepare_audio_folder
+    audio = os.path.join(args.work, f"{voices_from}_voices_audio")
+    voices = codec_voices(args.corpus, voices_from, args.seed, audio)
+    folder = os.path.join(args.work, f"{voices_from}_voices_data")
+    builder = prepare_audio_folder(audio, folder, sample_rate=SAMPLE_RATE,
+                                   metadata=espeak_corpus.corpus_metadata(voices_from, args.seed, FRAME_RATE))
+    return voices, folder, builder
+
+
 def train_codec_elsewhere(args, codec_dir: str) -> tuple[list[str], int, dict]:
     """Stages 1 and 2 for --codec-voices / --codec-gan-from: (training voices, steps, seconds per stage)."""
     seconds = {}
     begin = time.perf_counter()
-    audio = os.path.join(args.work, "codec_audio")
-    voices = codec_voices(args.corpus, args.corpus if args.codec_voices == "corpus" else "small", args.seed, audio)
-    from soundstorm_jax.data import prepare_audio_folder
-    codec_data = os.path.join(args.work, "codec_data")
-    prepare_audio_folder(audio, codec_data, sample_rate=SAMPLE_RATE)
+    voices, codec_data, _ = voices_dataset(args, args.corpus if args.codec_voices == "corpus" else "small")
     seconds["codec_voices"] = round(time.perf_counter() - begin, 1)
 
     def train_codec(total_steps: int, *extra: str) -> dict:
@@ -109,22 +118,13 @@ def train_codec_elsewhere(args, codec_dir: str) -> tuple[list[str], int, dict]:
 
 def train_soundstorm_elsewhere(args, codec_dir: str, soundstorm_dir: str) -> tuple[list[str], dict]:
     """Stage 3 for --soundstorm-voices small: (training voices, seconds per stage)."""
-    from soundstorm_jax.data import espeak_corpus, prepare_audio_folder, prepare_codes_dataset
+    from soundstorm_jax.cli.demo import encode_corpus
     from soundstorm_jax.training.restore import load_codec
     seconds = {}
     begin = time.perf_counter()
-    audio = os.path.join(args.work, "small_voices_audio")
-    voices = codec_voices(args.corpus, "small", args.seed, audio)
-    # The phoneme ids are the corpus's (the WAVs' .semantic.npy sidecars): the metadata says so, as the demo's.
-    audio_data = prepare_audio_folder(audio, os.path.join(args.work, "small_voices_data"), sample_rate=SAMPLE_RATE,
-                                      metadata=espeak_corpus.corpus_metadata("small", args.seed, FRAME_RATE))
-    codec = load_codec(codec_dir)
+    voices, _, audio_data = voices_dataset(args, "small")
     codes_dir = os.path.join(args.work, "small_voices_codes")
-    prepare_codes_dataset(
-        codes_dir, audio_source=audio_data, encode_fn=codec.encode, samples_per_frame=codec.hop_length,
-        num_levels=codec.num_quantizers, codebook_size=codec.codebook_size, encode_batch_size=8,
-        pad_to_multiple=2 * codec.sample_rate,
-        metadata=dict(audio_data.info.metadata or {}, sample_rate=codec.sample_rate, frame_rate=codec.frame_rate))
+    encode_corpus(load_codec(codec_dir), audio_data, codes_dir)
     seconds["encode_voices"] = round(time.perf_counter() - begin, 1)
     begin = time.perf_counter()
     soundstorm("train", "--config", "demo", "--workdir", soundstorm_dir, f"--config.data.dir={codes_dir}",
@@ -233,7 +233,6 @@ def main() -> int:
         shutil.rmtree(args.target, ignore_errors=True)
         shutil.copytree(export_dir, args.target)
         report = soundstorm("demo", "--out", demo_out, "--corpus", args.corpus, "--seed", str(args.seed))
-        report["codec"].update(steps=codec_steps)
         seconds.update({f"demo_{k}": v for k, v in report["stage_seconds"].items()
                         if k in ("encode", "evaluate", "generate", "listen")})
     card.update(stage_seconds=seconds, total_seconds=round(sum(seconds.values()), 1),

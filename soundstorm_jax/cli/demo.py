@@ -182,6 +182,17 @@ def _budget(seconds, steps) -> str:
     return f"{steps} steps" if seconds is None else f"{seconds / 60:.1f} min"
 
 
+def encode_corpus(codec, audio_source, codes_dir: str):
+    """The codes dataset of an eSpeak corpus's audio dataset (its phoneme ids kept as the semantic ids, its
+    metadata with the codec's rates), built in `codes_dir` or reused; returns the builder."""
+    from soundstorm_jax.data import prepare_codes_dataset
+    return prepare_codes_dataset(
+        codes_dir, audio_source=audio_source, encode_fn=codec.encode, samples_per_frame=codec.hop_length,
+        num_levels=codec.num_quantizers, codebook_size=codec.codebook_size, encode_batch_size=8,
+        pad_to_multiple=2 * codec.sample_rate,  # 2 s buckets: a few compiled shapes
+        metadata=dict(audio_source.info.metadata or {}, sample_rate=codec.sample_rate, frame_rate=codec.frame_rate))
+
+
 def _records(builder, split: str) -> list[dict]:
     source = builder.as_data_source(split)
     return [source[i] for i in range(len(source))]
@@ -229,7 +240,7 @@ def run(args, out, extra):
 
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()  # The stages have their own bars.
-    from soundstorm_jax.data import espeak_corpus, prepare_codes_dataset, prepare_corpus
+    from soundstorm_jax.data import espeak_corpus, prepare_corpus
     from soundstorm_jax.training.config import load_config
     from soundstorm_jax.training.restore import load_codec
 
@@ -275,11 +286,7 @@ def run(args, out, extra):
     stages.start("encode", "encoding the corpus with the codec ...")
     codec = load_codec(os.path.join(args.out, "codec"))
     codes_dir = os.path.join(args.out, "data", "codes")
-    codes_builder = prepare_codes_dataset(
-        codes_dir, audio_source=corpus, encode_fn=codec.encode, samples_per_frame=codec.hop_length,
-        num_levels=codec.num_quantizers, codebook_size=codec.codebook_size, encode_batch_size=8,
-        pad_to_multiple=2 * codec.sample_rate,  # 2 s buckets: a few compiled shapes
-        metadata=dict(corpus.info.metadata or {}, sample_rate=codec.sample_rate, frame_rate=codec.frame_rate))
+    codes_builder = encode_corpus(codec, corpus, codes_dir)
     train_codes = _records(codes_builder, "train")
     held_out = _records(codes_builder, "validation")
     codes_by_id = {r["id"].decode(): r["codes"] for r in held_out}
