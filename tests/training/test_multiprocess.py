@@ -161,12 +161,14 @@ def test_killed_preempted_and_resharded_runs_reproduce_one_process_training(tmp_
     resumed_from = complete_checkpoints(workdir)[-1]
     assert resumed_from < steps
 
-    # 2. Restart; SIGTERM process 0 once it has trained a step past the checkpoint.
+    # 2. Restart; SIGTERM process 0 once it has trained a step past the checkpoint (a step this run logged: the
+    # killed run may have logged steps after its last checkpoint too).
+    logged_before = len(train_records(workdir))
     proc, log = launch(workdir, codes_dir, f"--config.total_steps={steps}", log_name="preempted.log")
     coordinator = pids(log)[0]
     deadline = time.time() + 240
     while (proc.poll() is None and time.time() < deadline
-           and not any(r["step"] > resumed_from for r in train_records(workdir))):
+           and not any(r["step"] > resumed_from for r in train_records(workdir)[logged_before:])):
         time.sleep(0.02)
     os.kill(coordinator, signal.SIGTERM)
     assert wait(proc, log) == 0, open(log).read()[-3000:]

@@ -95,3 +95,30 @@ def test_model_config_mismatch_names_the_fields(tmp_path, config, state):
     training.check_saved_config(str(tmp_path), config)  # Same model: fine.
     with pytest.raises(ValueError, match=r"mismatched config.model fields: codebook_size"):
         training.check_saved_config(str(tmp_path), other)
+
+
+def test_small_replicated_arrays_are_saved_whole_and_large_ones_in_replica_slices(tmp_path, caplog):
+    """Orbax's replica-parallel saving compiles a slice program per array shape and device: for arrays whose
+    slices would be under MIN_REPLICA_SLICE_BYTES a save compiles nothing; a larger replicated array is still
+    written in slices (one per replica). Both restore exactly."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from soundstorm_jax.training import checkpoint
+    mesh = training.make_mesh({"data": 8})
+    replicated = NamedSharding(mesh, PartitionSpec())
+    rows = 8 * -(-checkpoint.MIN_REPLICA_SLICE_BYTES // (4 * 1031))  # 8 slices of float32 rows >= the gate
+    cases = {"small": {"bias": np.arange(16, dtype=np.float32), "kernel": np.ones((32, 8), np.float32)},
+             "large": {"table": np.arange(rows * 1031, dtype=np.float32).reshape(rows, 1031)}}
+    for name, state in cases.items():
+        state = jax.device_put(state, replicated)
+        ckpt = training.Checkpointer(str(tmp_path / name), {"dim": 1}, every_steps=1, keep=1)
+        caplog.clear()
+        with caplog.at_level("WARNING"), jax.log_compiles():
+            ckpt.save(1, state, {})
+            ckpt.wait_until_finished()
+        slices = [r.getMessage() for r in caplog.records if "jit(slice)" in r.getMessage()]
+        assert (len(slices) > 0) == (name == "large"), (name, slices)
+        abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
+        restored, _, _ = ckpt.restore(abstract)
+        assert_bit_identical(jax.device_get(restored), jax.device_get(state))
+        ckpt.close()
