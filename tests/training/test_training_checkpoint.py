@@ -122,3 +122,22 @@ def test_small_replicated_arrays_are_saved_whole_and_large_ones_in_replica_slice
         restored, _, _ = ckpt.restore(abstract)
         assert_bit_identical(jax.device_get(restored), jax.device_get(state))
         ckpt.close()
+
+
+def test_a_checkpoint_saved_through_orbax_standard_handler_restores(tmp_path, config, state):
+    """Checkpoints written before the replica-slice size gate (Orbax's StandardCheckpointHandler, the same files)."""
+    import orbax.checkpoint as ocp
+
+    from soundstorm_jax.training import config as config_lib
+    ex = make((8, 1, 1), config)
+    manager = ocp.CheckpointManager(str(tmp_path / "checkpoints"), item_names=("state", "data", "model"))
+    manager.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(jax.device_put(state, ex.shardings)),
+                                            data=ocp.args.JsonSave({"next_index": 4}),
+                                            model=ocp.args.JsonSave(config_lib.model_signature(config.model))))
+    manager.wait_until_finished()
+    manager.close()
+    ckpt = training.Checkpointer(str(tmp_path), config.model, every_steps=1, keep=2)
+    restored, data_state, step = ckpt.restore(ex.abstract_state)
+    assert step == 4 and data_state == {"next_index": 4}
+    assert_bit_identical(jax.device_get(restored), state)
+    ckpt.close()
