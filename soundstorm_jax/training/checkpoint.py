@@ -23,7 +23,6 @@ import threading
 from typing import Any, Mapping, Optional
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src.metadata import array_metadata_store  # What Orbax's default ArrayHandler is given.
 
@@ -45,9 +44,9 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
     """The train state's handler: Orbax's standard type handlers, with the replica-parallel size gate above."""
     array_handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES,
                                                    array_metadata_store=array_metadata_store.Store())
-    others = [(t, ocp.type_handlers.get_type_handler(t))
-              for t in (int, float, bytes, np.number, np.ndarray, str, type(ocp.PLACEHOLDER))]
-    registry = ocp.type_handlers.create_type_handler_registry(*others, (jax.Array, array_handler))
+    handlers = [(t, array_handler if t is jax.Array else ocp.type_handlers.get_type_handler(t))
+                for t in ocp.type_handlers.supported_types()]
+    registry = ocp.type_handlers.create_type_handler_registry(*handlers)
     return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
