@@ -42,7 +42,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # The longest files first (worker-seconds in a full run): pytest-xdist hands whole files to its two workers in
 # collection order, so the demo's end-to-end run (minutes of training) then overlaps everything else, and no long file
 # is left to trail the short ones at the end.
-LONGEST_FIRST = ("test_demo.py", "test_multiprocess.py", "test_cli.py", "test_readme.py", "test_own_audio_recipe.py",
+LONGEST_FIRST = ("test_demo.py", "test_multiprocess.py", "test_cli.py", "test_readme.py",
                  "test_gcs.py", "test_objective.py", "test_training_e2e.py", "test_codec_training.py",
                  "test_conformer.py", "test_sampler_fixes.py")
 

@@ -1,13 +1,20 @@
 """The `soundstorm` command line, through the real console script (subprocess).
 
-One tiny codec (2 steps) and one tiny SoundStorm (2 steps, trained on the codes
-`soundstorm prepare --codec` wrote) are shared by the module; every subcommand
-runs on them, and every bad input exits with status 2 and a one-line error.
+The module's trained runs are the README's "Your own audio, step by step", run as written: a small speech folder
+in the LibriSpeech layout (speaker/chapter/*.flac with a `*.trans.txt` per chapter; here also a 44.1 kHz stereo
+WAV speaker and OGG and MP3 files at other rates) is built in a working directory outside the checkout, and every
+command of the recipe's code block runs there in order, exactly as the README prints it, except
+`--config.total_steps=N`, which is set to a few steps (the flag the README shows). When the README changes, these
+tests run the new recipe. Its codec (codec_tiny: 4 levels x 64 codes, hop 8 at 16 kHz) and SoundStorm then serve
+every other subcommand here, and every bad input exits with status 2 and a one-line error.
 """
 import contextlib
 import io
 import json
 import os
+import pathlib
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -17,7 +24,11 @@ import pytest
 import soundfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RATE = 16000
+README = pathlib.Path(ROOT) / "README.md"
+RECIPE = "## Your own audio, step by step"
+TRAIN_STEPS = 3  # --config.total_steps of the recipe's two trainings
+RATE, HOP, LEVELS, CODEBOOK = 16000, 8, 4, 64  # the recipe's codec (codec_tiny)
+# A codec shrunk further, for the tests that train their own (tests/test_cli_messages.py).
 FAST = ["--config.compiler_options.xla_backend_optimization_level=0",
         "--config.compiler_options.xla_llvm_disable_expensive_passes=True"]
 CODEC_ARGS = ["--config.total_steps=2", "--config.checkpoint.every_steps=2", "--config.logging.every_steps=1",
@@ -25,9 +36,6 @@ CODEC_ARGS = ["--config.total_steps=2", "--config.checkpoint.every_steps=2", "--
               "--config.data.segment_samples=512", "--config.data.batch_size=2", "--config.loss.mel_scales=(64,)",
               "--config.model.discriminator.num_scales=1", "--config.model.discriminator.stft_dilations=(1,)",
               "--config.model.generator.codebook_size=16", "--config.model.generator.rq_num_quantizers=3"] + FAST
-SOUNDSTORM_ARGS = ["--config.total_steps=2", "--config.checkpoint.every_steps=2", "--config.logging.every_steps=1",
-                   "--config.logging.eval_every_steps=100", "--config.model.conformer.depth=1",
-                   "--config.data.max_frames=16", "--config.data.batch_size=2"] + FAST
 COMMANDS = ("prepare", "train", "encode", "decode", "generate")
 
 
@@ -92,37 +100,79 @@ def write_wavs(root, *, train=6, validation=2, rate=RATE):
     return root
 
 
-@pytest.fixture(scope="module")
-def wavs(tmp_path_factory):
-    return write_wavs(str(tmp_path_factory.mktemp("wavs")))
+def recipe_commands(text: str) -> list[str]:
+    """The `soundstorm ...` lines of the recipe section's first bash block, comments removed."""
+    section = text.split(RECIPE, 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.DOTALL).group(1)
+    commands = []
+    for line in block.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if line and not line.startswith("#"):
+            commands.append(line)
+    return commands
+
+
+def speech_like(rng, seconds: float, rate: int) -> np.ndarray:
+    """A voiced, pitch-gliding harmonic tone with syllable-rate amplitude bumps and a little noise."""
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = rng.uniform(90, 220) * (1 + 0.15 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2
+    return (0.2 * voiced * envelope + 0.01 * rng.normal(size=t.size)).astype(np.float32)
+
+
+def librispeech_folder(root: pathlib.Path) -> None:
+    """3 speakers, 10 utterances: FLAC at 22,050 Hz; 44.1 kHz stereo WAV; OGG at 16 kHz and MP3 at 24 kHz."""
+    rng = np.random.default_rng(0)
+    layout = {("19", "198"): [("flac", 22050, 1)] * 4,
+              ("26", "495"): [("wav", 44100, 2)] * 3,
+              ("32", "21631"): [("ogg", 16000, 1), ("ogg", 16000, 1), ("mp3", 24000, 1)]}
+    for (speaker, chapter), files in layout.items():
+        folder = root / speaker / chapter
+        folder.mkdir(parents=True)
+        lines = []
+        for i, (ext, rate, channels) in enumerate(files, start=1):
+            utterance = f"{speaker}-{chapter}-{i:04d}"
+            audio = speech_like(rng, rng.uniform(0.5, 0.8), rate)
+            if channels == 2:
+                audio = np.stack([audio, 0.8 * audio], axis=1)
+            soundfile.write(str(folder / f"{utterance}.{ext}"), audio, rate, format=ext.upper())
+            lines.append(f"{utterance} SOME WORDS NUMBER {i}")
+        (folder / f"{speaker}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
-def codec_workdir(tmp_path_factory, env, wavs):
-    """`soundstorm prepare` (audio only), then `soundstorm train` of a tiny codec for 2 steps on it."""
-    data = str(tmp_path_factory.mktemp("data"))
-    result = cli(env, "--json", "prepare", "--audio", wavs, "--out", data, "--sample-rate", RATE)
-    record = json.loads(result.stdout.strip().splitlines()[-1])
-    assert record["audio_splits"] == {"train": 6, "validation": 2}
-    workdir = str(tmp_path_factory.mktemp("codec"))
-    cli(env, "train", "--config", os.path.join("configs", "codec_tiny.py"), "--workdir", workdir,
-        f"--config.data.dir={record['audio_dataset']}", *CODEC_ARGS)
-    return workdir
+def recipe(tmp_path_factory, env):
+    """(the working directory, each command's JSON record by subcommand: prepare, train, prepare_codes,
+    train_soundstorm, generate, encode, generate_prompted, decode) of the README recipe, run as written."""
+    cwd = tmp_path_factory.mktemp("own_audio")
+    commands = recipe_commands(README.read_text())
+    names = ["prepare", "train", "prepare", "train", "generate", "encode", "generate", "decode"]
+    assert [c.split()[1] for c in commands] == names, commands
+    librispeech_folder(cwd / "LibriSpeech" / "train-clean-100")
+    records = []
+    for command in commands:
+        args = shlex.split(command)
+        assert args[0] == "soundstorm"
+        args = [re.sub(r"^--config\.total_steps=\d+$", f"--config.total_steps={TRAIN_STEPS}", a) for a in args]
+        result = cli(env, "--json", *args[1:], cwd=cwd, timeout=600)
+        records.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    keys = ["prepare", "codec_run", "prepare_codes", "soundstorm_run", "generate", "encode", "generate_prompted",
+            "decode"]
+    return cwd, dict(zip(keys, records))
 
 
 @pytest.fixture(scope="module")
-def codes_dataset(tmp_path_factory, env, wavs, codec_workdir):
-    out = str(tmp_path_factory.mktemp("prepared"))
-    result = cli(env, "--json", "prepare", "--audio", wavs, "--out", out, "--codec", codec_workdir)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def codec_workdir(recipe):
+    """The recipe's codec: `soundstorm train --config codec_tiny` for a few steps on its audio dataset."""
+    return str(recipe[0] / "runs" / "codec")
 
 
 @pytest.fixture(scope="module")
-def soundstorm_workdir(tmp_path_factory, env, codes_dataset):
-    workdir = str(tmp_path_factory.mktemp("soundstorm"))
-    cli(env, "--quiet", "train", "--config", os.path.join("configs", "tiny.py"), "--workdir", workdir,
-        f"--config.data.dir={codes_dataset['codes_dataset']}", *SOUNDSTORM_ARGS)
-    return workdir
+def soundstorm_workdir(recipe):
+    """The recipe's SoundStorm: `soundstorm train --config tiny` for a few steps on the codes."""
+    return str(recipe[0] / "runs" / "tiny")
 
 
 # ---- help ----------------------------------------------------------------------------------------------------
@@ -237,11 +287,34 @@ def test_python_dash_m_runs_the_same_command(env):
 # ---- prepare -------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_prepare_writes_the_audio_and_codes_datasets(codes_dataset):
-    assert codes_dataset["command"] == "prepare"
-    assert codes_dataset["audio_splits"] == {"train": 6, "validation": 2}
-    assert codes_dataset["codes_splits"] == {"train": 6, "validation": 2}
-    assert os.path.isdir(os.path.join(codes_dataset["codes_dataset"], "codes_dataset"))
+def test_the_own_audio_recipe_runs_as_written(recipe):
+    cwd, records = recipe
+    prepared, codes = records["prepare"], records["prepare_codes"]
+    # Every file was read, MP3 included (9 train, 1 validation: the 5% validation fraction, at least one); the
+    # two prepares share one audio dataset.
+    assert prepared["command"] == codes["command"] == "prepare"
+    assert prepared["audio_splits"] == codes["audio_splits"] == codes["codes_splits"] == {"train": 9, "validation": 1}
+    assert codes["audio_dataset"] == prepared["audio_dataset"]
+    assert (cwd / codes["codes_dataset"] / "codes_dataset").is_dir()
+    assert records["codec_run"]["checkpoints"][-1] == records["soundstorm_run"]["checkpoints"][-1] == TRAIN_STEPS
+
+    # SoundStorm took the codec's codebook, levels and frame rate from the codes dataset.
+    config = json.loads((cwd / "runs" / "tiny" / "config.json").read_text())
+    assert (config["model"]["codebook_size"], config["model"]["num_quantizers"]) == (CODEBOOK, LEVELS)
+    assert config["data"]["frame_rate"] == RATE / HOP
+
+    wavs = [f for f in records["generate"]["files"] if f.endswith(".wav")]
+    assert len(wavs) == 2
+    for path in wavs:  # --seconds 1 at 16 kHz
+        audio, rate = soundfile.read(cwd / path, dtype="float32")
+        assert rate == RATE and audio.shape == (RATE,) and np.all(np.isfinite(audio))
+
+    prompt = np.load(cwd / records["encode"]["files"][0])
+    assert prompt.ndim == 2 and prompt.shape[1] == LEVELS  # The prompt: 0.5 to 0.8 s at 2,000 frames/s.
+    audio, rate = soundfile.read(cwd / records["generate_prompted"]["files"][0], dtype="float32")
+    assert rate == RATE and audio.shape == (RATE,)
+    audio, rate = soundfile.read(cwd / records["decode"]["files"][0], dtype="float32")
+    assert rate == RATE and audio.shape == (len(prompt) * HOP,)
 
 
 def test_prepare_builds_the_embedded_corpus(env, tmp_path):
@@ -279,12 +352,11 @@ def test_encode_decode_round_trip(env, tmp_path, codec_workdir):
                  "--out", tmp_path / "codes")
     record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["files"] == [str(tmp_path / "codes" / "a.npy"), str(tmp_path / "codes" / "b.npy")]
-    hop = record["hop_length"]
-    assert hop == 4
+    assert record["hop_length"] == HOP
     a = np.load(tmp_path / "codes" / "a.npy")
-    assert a.shape == (1600 // hop, 3) and np.issubdtype(a.dtype, np.integer)
-    assert a.min() >= 0 and a.max() < 16
-    assert np.load(tmp_path / "codes" / "b.npy").shape == (800 // hop, 3)
+    assert a.shape == (1600 // HOP, LEVELS) and np.issubdtype(a.dtype, np.integer)
+    assert a.min() >= 0 and a.max() < CODEBOOK
+    assert np.load(tmp_path / "codes" / "b.npy").shape == (800 // HOP, LEVELS)
 
     result = cli(env, "decode", tmp_path / "codes" / "a.npy", "--codec", codec_workdir, "--out", tmp_path / "wav")
     assert result.stdout.split() == [str(tmp_path / "wav" / "a.wav")]
@@ -296,12 +368,12 @@ def test_encode_decode_round_trip(env, tmp_path, codec_workdir):
     message = bad_input(env, "encode", tmp_path / "slow.wav", "--codec", codec_workdir)
     assert "8000 Hz" in message and "16000 Hz" in message and "--resample" in message
     cli(env, "--quiet", "encode", tmp_path / "slow.wav", "--codec", codec_workdir, "--resample")
-    assert np.load(tmp_path / "slow.npy").shape == (1600 // hop, 3)
+    assert np.load(tmp_path / "slow.npy").shape == (1600 // HOP, LEVELS)
 
     # Unreadable audio, out-of-range codes.
     (tmp_path / "text.wav").write_text("hello")
     assert "text.wav" in bad_input(env, "encode", tmp_path / "text.wav", "--codec", codec_workdir)
-    np.save(tmp_path / "big.npy", np.full((5, 3), 99, np.int16))
+    np.save(tmp_path / "big.npy", np.full((5, LEVELS), 99, np.int16))
     assert "big.npy" in bad_input(env, "decode", tmp_path / "big.npy", "--codec", codec_workdir)
 
 
@@ -320,19 +392,19 @@ def test_encode_decode_bad_inputs_before_loading_anything(env, tmp_path):
 @pytest.mark.slow
 def test_generate_writes_codes_and_audio(env, tmp_path, soundstorm_workdir, codec_workdir):
     result = cli(env, "--json", "generate", soundstorm_workdir, "--num-samples", 3, "--batch-size", 2,
-                 "--frames", 12, "--steps", "2,1,1", "--temperature", 0.8, "--top-k", 8, "--seed", 1,
+                 "--frames", 12, "--steps", "2,1,1,1", "--temperature", 0.8, "--top-k", 8, "--seed", 1,
                  "--out", tmp_path / "codes")
     record = json.loads(result.stdout.strip().splitlines()[-1])
     files = [str(tmp_path / "codes" / f"sample_{i:03d}.npy") for i in range(3)]
     assert record["files"] == files
     samples = [np.load(f) for f in files]
     for codes in samples:
-        assert codes.shape == (12, 3) and codes.min() >= 0 and codes.max() < 16
+        assert codes.shape == (12, LEVELS) and codes.min() >= 0 and codes.max() < CODEBOOK
 
     # An acoustic prompt is kept; a codec gives WAVs (+ codes with --save-codes); the same seed, the same codes.
     prompt = samples[0][:4, :2]
     np.save(tmp_path / "prompt.npy", prompt)
-    result = cli(env, "generate", soundstorm_workdir, "--num-samples", 2, "--seconds", 0.004,
+    result = cli(env, "generate", soundstorm_workdir, "--num-samples", 2, "--seconds", 0.008,
                  "--prompt-codes", tmp_path / "prompt.npy", "--codec", codec_workdir, "--save-codes",
                  "--spectrogram", "--top-p", 0.9, "--seed", 1, "--out", tmp_path / "audio")
     written = result.stdout.split()
@@ -343,13 +415,13 @@ def test_generate_writes_codes_and_audio(env, tmp_path, soundstorm_workdir, code
         assert image.format == "PNG" and image.size == (800, 300)
     for i in range(2):
         codes = np.load(tmp_path / "audio" / f"sample_{i:03d}.npy")
-        assert codes.shape == (16, 3)  # 0.004 s x 16 kHz / hop 4.
+        assert codes.shape == (16, LEVELS)  # 0.008 s x 16 kHz / hop 8.
         np.testing.assert_array_equal(codes[:4, :2], prompt)
         audio, rate = soundfile.read(tmp_path / "audio" / f"sample_{i:03d}.wav")
-        assert rate == RATE and audio.shape == (64,) and np.all(np.isfinite(audio))
+        assert rate == RATE and audio.shape == (128,) and np.all(np.isfinite(audio))
 
     # A prompt WAV at another rate: resampled with a notice, encoded, kept.
-    soundfile.write(tmp_path / "prompt8k.wav", tone(0.002, rate=8000), 8000, subtype="PCM_16")
+    soundfile.write(tmp_path / "prompt8k.wav", tone(0.004, rate=8000), 8000, subtype="PCM_16")
     result = cli(env, "--json", "generate", soundstorm_workdir, "--frames", 16, "--prompt-audio",
                  tmp_path / "prompt8k.wav", "--codec", codec_workdir, "--save-codes", "--out", tmp_path / "p")
     assert "note: prompt audio" in result.stderr and "8000 Hz" in result.stderr
@@ -362,10 +434,10 @@ def test_generate_writes_codes_and_audio(env, tmp_path, soundstorm_workdir, code
     # Bad inputs, after the model is loaded.
     message = bad_input(env, "encode", tmp_path / "prompt8k.wav", "--codec", soundstorm_workdir)
     assert "holds a 'soundstorm' run, not a 'codec' one" in message
-    np.save(tmp_path / "huge.npy", np.full((4, 2), 16, np.int16))
+    np.save(tmp_path / "huge.npy", np.full((4, 2), CODEBOOK, np.int16))
     message = bad_input(env, "generate", soundstorm_workdir, "--frames", 12, "--prompt-codes", tmp_path / "huge.npy",
                         "--out", tmp_path / "x")
-    assert "prompt" in message and "[0, 16)" in message
+    assert "prompt" in message and f"[0, {CODEBOOK})" in message
     np.save(tmp_path / "semantic.npy", np.arange(6, dtype=np.int32))
     message = bad_input(env, "generate", soundstorm_workdir, "--semantic", tmp_path / "semantic.npy",
                         "--out", tmp_path / "x")
@@ -418,7 +490,7 @@ def test_an_export_generates_what_its_workdirs_generate(env, tmp_path, soundstor
     out = tmp_path / "exported"
     result = cli(env, "--json", "export", soundstorm_workdir, out, "--codec", codec_workdir)
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert (report["kind"], report["step"], report["codec"]["kind"]) == ("soundstorm", 2, "codec")
+    assert (report["kind"], report["step"], report["codec"]["kind"]) == ("soundstorm", TRAIN_STEPS, "codec")
     for part in (report, report["codec"]):  # No optimizer state, no discriminators: a fraction of the checkpoint.
         assert part["export_bytes"] < 0.5 * part["checkpoint_bytes"], part
     assert sorted(os.listdir(out)) == ["codec", "config.json", "export.json", "params"]
@@ -442,7 +514,7 @@ def test_an_export_generates_what_its_workdirs_generate(env, tmp_path, soundstor
                                            "--out", tmp_path / "x")
 
     model, variables, config, codec = soundstorm_jax.load(str(out))
-    assert codec.sample_rate == RATE and config.model.num_quantizers == 3
+    assert codec.sample_rate == RATE and config.model.num_quantizers == LEVELS
     trained_model, trained_variables, _ = restore.load_soundstorm(soundstorm_workdir)
     key = jax.random.key(7)
     np.testing.assert_array_equal(np.asarray(model.generate(variables, 12, batch_size=2, key=key)),
@@ -450,17 +522,18 @@ def test_an_export_generates_what_its_workdirs_generate(env, tmp_path, soundstor
 
     assert "not an empty folder" in bad_input(env, "export", soundstorm_workdir, out)
     assert "does not exist" in bad_input(env, "export", tmp_path / "missing", tmp_path / "new")
-    assert "export of step 2, not 1" in bad_input(env, "generate", out, "--step", "1", "--frames", "4",
+    assert f"export of step {TRAIN_STEPS}, not 1" in bad_input(env, "generate", out, "--step", "1", "--frames", "4",
                                                   "--out", tmp_path / "x")
 
 
 # ---- request files -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_generate_a_request_file(env, tmp_path, soundstorm_workdir, codec_workdir):
     """`generate --requests`: one WAV per good line, the bad line skipped and named in the report (exit 0)."""
     requests = tmp_path / "requests.jsonl"
     requests.write_text('{"name": "one", "frames": 12, "seed": 1}\n{"frames": 12, "top_p": 2}\n'
-                        '{"id": "three", "seconds": 0.003, "codes": true}\n')
+                        '{"id": "three", "seconds": 0.006, "codes": true}\n')
     result = cli(env, "--json", "generate", soundstorm_workdir, "--codec", codec_workdir, "--requests", requests,
                  "--out", tmp_path / "out")
     report = json.loads(result.stdout)
@@ -471,12 +544,13 @@ def test_generate_a_request_file(env, tmp_path, soundstorm_workdir, codec_workdi
     assert sorted(os.listdir(tmp_path / "out")) == ["one.wav", "report.json", "three.npy", "three.wav"]
     for name in ("one", "three"):
         audio, rate = soundfile.read(tmp_path / "out" / f"{name}.wav")
-        assert rate == RATE and audio.shape == (48,)  # 12 frames x hop 4.
-    assert np.load(tmp_path / "out" / "three.npy").shape == (12, 3)
+        assert rate == RATE and audio.shape == (12 * HOP,)
+    assert np.load(tmp_path / "out" / "three.npy").shape == (12, LEVELS)
 
 
 # ---- serve ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_serve_answers_over_http_and_stops_cleanly_on_sigterm(env, soundstorm_workdir, codec_workdir):
     """`soundstorm serve` on a free port: one line with the URL once warm, one request answered with its WAV,
     then SIGTERM: exit 0 with no traceback."""
@@ -502,13 +576,13 @@ def test_serve_answers_over_http_and_stops_cleanly_on_sigterm(env, soundstorm_wo
             assert response.headers["X-Request-Id"] == "hi" and response.headers["X-Frames"] == "12"
             wav = response.read()
         audio, rate = soundfile.read(io.BytesIO(wav))
-        assert rate == RATE and audio.shape == (48,)  # 12 frames x hop 4.
+        assert rate == RATE and audio.shape == (12 * HOP,)
         if shutil.which("curl"):  # As the README's curl line: a form-encoded body is read as JSON all the same.
             curl = subprocess.run(["curl", "-s", f"localhost:{port}/v1/generate?format=wav",
                                    "-d", '{"frames": 12, "seed": 1}'], capture_output=True, timeout=120)
             assert curl.returncode == 0 and curl.stdout == wav  # The same request, the same WAV.
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=30) as response:
-            assert json.loads(response.read())["max_frames"] == 0.5 * RATE // 4  # --max-seconds at 4000 frames/s.
+            assert json.loads(response.read())["max_frames"] == 0.5 * RATE // HOP  # --max-seconds at 2000 frames/s.
         server.send_signal(signal.SIGTERM)
         assert server.wait(60) == 0, server.stderr.read()[-4000:]
         assert "Traceback" not in server.stderr.read()
