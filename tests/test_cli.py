@@ -28,14 +28,6 @@ README = pathlib.Path(ROOT) / "README.md"
 RECIPE = "## Your own audio, step by step"
 TRAIN_STEPS = 3  # --config.total_steps of the recipe's two trainings
 RATE, HOP, LEVELS, CODEBOOK = 16000, 8, 4, 64  # the recipe's codec (codec_tiny)
-# A codec shrunk further, for the tests that train their own (tests/test_cli_messages.py).
-FAST = ["--config.compiler_options.xla_backend_optimization_level=0",
-        "--config.compiler_options.xla_llvm_disable_expensive_passes=True"]
-CODEC_ARGS = ["--config.total_steps=2", "--config.checkpoint.every_steps=2", "--config.logging.every_steps=1",
-              "--config.logging.eval_every_steps=100", "--config.model.generator.strides=(2, 2)",
-              "--config.data.segment_samples=512", "--config.data.batch_size=2", "--config.loss.mel_scales=(64,)",
-              "--config.model.discriminator.num_scales=1", "--config.model.discriminator.stft_dilations=(1,)",
-              "--config.model.generator.codebook_size=16", "--config.model.generator.rq_num_quantizers=3"] + FAST
 COMMANDS = ("prepare", "train", "encode", "decode", "generate")
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from test_cli import CODEC_ARGS, RATE, ROOT, env, soundstorm_command, tone, write_wavs  # noqa: F401
+from test_cli import RATE, ROOT, TRAIN_STEPS, env, soundstorm_command, tone, write_wavs  # noqa: F401
 
 
 def run_main(*args):
@@ -181,9 +181,9 @@ def test_a_created_folder_holding_files_is_kept(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def audio_dataset(tmp_path_factory):
-    """`soundstorm prepare` of 6 + 2 short WAVs: the audio dataset a tiny codec trains on."""
+    """`soundstorm prepare` of 10 + 2 short WAVs: the audio dataset a tiny codec trains on (codec_tiny's batch: 8)."""
     root = tmp_path_factory.mktemp("audio")
-    code, stdout, stderr = run_main("--quiet", "--json", "prepare", "--audio", write_wavs(str(root / "wavs")),
+    code, stdout, stderr = run_main("--quiet", "--json", "prepare", "--audio", write_wavs(str(root / "wavs"), train=10),
                                     "--out", root / "data", "--sample-rate", RATE)
     assert code == 0, stderr
     return json.loads(stdout.strip().splitlines()[-1])["audio_dataset"]
@@ -193,13 +193,13 @@ def test_train_removes_a_new_workdir_only_while_it_holds_no_work(tmp_path, monke
     # A config that does not fit the data fails once the run has written its config, compile cache folder and
     # Orbax's empty checkpoints folder: refused, and the new workdir (and its new parent) are gone.
     message = bad_input("train", "--config", "codec_tiny", "--workdir", tmp_path / "runs" / "a",
-                        f"--config.data.dir={audio_dataset}", "--config.data.batch_size=8")
-    assert "fewer than the batch of 8" in message
+                        f"--config.data.dir={audio_dataset}", "--config.data.batch_size=16")
+    assert "fewer than the batch of 16" in message
     assert not (tmp_path / "runs").exists()
     # The same in a workdir that was there before: kept, with what the run wrote.
     (tmp_path / "old").mkdir()
     bad_input("train", "--config", "codec_tiny", "--workdir", tmp_path / "old",
-              f"--config.data.dir={audio_dataset}", "--config.data.batch_size=8")
+              f"--config.data.dir={audio_dataset}", "--config.data.batch_size=16")
     assert (tmp_path / "old" / "config.json").is_file()
 
     from soundstorm_jax import training
@@ -258,10 +258,11 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_library_logs_hidden_unless_verbose(env, tmp_path, audio_dataset):
-    """A tiny codec's two-step run: stderr holds the package's own lines only (even with a library asking for
-    INFO lines); with --verbose (resuming the finished run: a restore, no steps) Orbax's INFO lines are back."""
+    """A tiny codec's short run: stderr holds the package's own lines only (even with a library asking for
+    INFO lines); with --verbose (resuming the finished run: a restore, no steps) Orbax's INFO lines are back.
+    The run is test_cli's recipe codec (codec_tiny, its steps), so its train step comes from the suite's cache."""
     train = ["train", "--config", "codec_tiny", "--workdir", str(tmp_path / "codec"),
-             f"--config.data.dir={audio_dataset}"] + CODEC_ARGS
+             f"--config.data.dir={audio_dataset}", f"--config.total_steps={TRAIN_STEPS}"]
     result = subprocess.run([sys.executable, "-c", NOISY_MAIN] + train, env=env, cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -274,7 +275,7 @@ def test_library_logs_hidden_unless_verbose(env, tmp_path, audio_dataset):
     result = subprocess.run(soundstorm_command() + ["--verbose"] + train, env=env, cwd=ROOT, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "resumed from step 2" in result.stderr
+    assert f"resumed from step {TRAIN_STEPS}" in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.startswith("INFO:absl:")]) >= 10, \
         result.stderr[-4000:]
 
