@@ -42,7 +42,7 @@ def env(tmp_path_factory):
     env["JAX_PLATFORMS"] = "cpu"
     # Unoptimised compiles (-O0, no expensive LLVM passes, the older loop emitters): the commands run a few steps
     # and compiling is most of their time (a 3-step `train --config tiny`: 27 s at XLA's default level, 12 s so).
-    # tests/test_demo.py restores the default level for the one command whose run time counts.
+    # tests/test_demo.py restores the default level for the demo runs, whose run time counts.
     env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
                         " --xla_llvm_disable_expensive_passes=true"
                         " --xla_cpu_use_fusion_emitters=false")
@@ -134,25 +134,28 @@ def librispeech_folder(root: pathlib.Path) -> None:
         (folder / f"{speaker}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
 
 
+# The recipe's commands in order: (subcommand, the name its JSON record goes by in `recipe`).
+RECIPE_STEPS = [("prepare", "prepare"), ("train", "codec_run"), ("prepare", "prepare_codes"),
+                ("train", "soundstorm_run"), ("generate", "generate"), ("encode", "encode"),
+                ("generate", "generate_prompted"), ("decode", "decode")]
+
+
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory, env):
-    """(the working directory, each command's JSON record by subcommand: prepare, train, prepare_codes,
-    train_soundstorm, generate, encode, generate_prompted, decode) of the README recipe, run as written."""
+    """(the working directory, {name: the command's JSON record} for RECIPE_STEPS) of the README recipe, run as
+    written there with `--json` and TRAIN_STEPS training steps."""
     cwd = tmp_path_factory.mktemp("own_audio")
     commands = recipe_commands(README.read_text())
-    names = ["prepare", "train", "prepare", "train", "generate", "encode", "generate", "decode"]
-    assert [c.split()[1] for c in commands] == names, commands
+    assert [c.split()[1] for c in commands] == [command for command, _ in RECIPE_STEPS], commands
     librispeech_folder(cwd / "LibriSpeech" / "train-clean-100")
-    records = []
-    for command in commands:
+    records = {}
+    for command, (_, name) in zip(commands, RECIPE_STEPS):
         args = shlex.split(command)
         assert args[0] == "soundstorm"
         args = [re.sub(r"^--config\.total_steps=\d+$", f"--config.total_steps={TRAIN_STEPS}", a) for a in args]
         result = cli(env, "--json", *args[1:], cwd=cwd, timeout=600)
-        records.append(json.loads(result.stdout.strip().splitlines()[-1]))
-    keys = ["prepare", "codec_run", "prepare_codes", "soundstorm_run", "generate", "encode", "generate_prompted",
-            "decode"]
-    return cwd, dict(zip(keys, records))
+        records[name] = json.loads(result.stdout.strip().splitlines()[-1])
+    return cwd, records
 
 
 @pytest.fixture(scope="module")
