@@ -69,13 +69,16 @@ EXIT_MEETING_S = 30.0
 
 def meet_partners_before_exit(timeout_s: float = EXIT_MEETING_S) -> bool:
     """Before a process of a multi-process job leaves on an error: waits, at most `timeout_s`, for the other
-    processes at one barrier of the distributed service; returns whether they all came.
+    processes at one barrier of the distributed service; when they all come, shuts the job down together as a
+    normal exit does; returns whether they all came.
 
     A check every process makes alike (a mesh the devices do not divide, a bad config value) then fails in every
     process with its own message. Without the wait, the first to leave (process 0 hosts the coordination service)
     could end the service while another is still starting up, and that one would die of a lost connection
-    instead. A process that is not failing never arrives: the wait ends at the timeout, and that process stops
-    later, when the coordinator misses this one's heartbeats.
+    instead. Meeting is not enough either: process 0 could still end the service just after the barrier, while
+    another is on its way out, whose client then aborts on the lost connection; JAX's own shutdown (a barrier of
+    every client, then the service) lets them all leave cleanly. A process that is not failing never arrives: the
+    wait ends at the timeout, and that process stops later, when the coordinator misses this one's heartbeats.
     """
     from jax._src import distributed as jax_distributed  # the client's own barrier: no public API takes a timeout
     client = jax_distributed.global_state.client
@@ -83,6 +86,10 @@ def meet_partners_before_exit(timeout_s: float = EXIT_MEETING_S) -> bool:
         return False
     try:
         client.wait_at_barrier("soundstorm: leaving after an error", int(timeout_s * 1000))
-        return True
     except Exception:  # noqa: BLE001 - timed out, or the service is already gone: leave all the same.
         return False
+    try:
+        jax_distributed.global_state.shutdown()
+    except Exception:  # noqa: BLE001 - a partner gone after the barrier: leaving is all that is left to do.
+        pass
+    return True

@@ -131,9 +131,9 @@ def _fail(args, message: str, code: int) -> int:
     if "jax" in sys.modules and sys.modules["jax"].distributed.is_initialized():
         remove_created_folders()  # main() will not get to it.
         # One process of a multi-process job failed. The others get a bounded wait to fail the same way (and
-        # say so) before this one, perhaps the coordinator's host, leaves; then leave at once. Exiting normally
-        # would wait at JAX's shutdown barrier for processes that are themselves waiting for this one; those
-        # stop when the coordinator misses this process's heartbeats.
+        # say so) before this one, perhaps the coordinator's host, leaves; if they all came, they shut down
+        # together; then leave at once. Exiting normally would wait at JAX's shutdown barrier for processes that
+        # may not be failing at all; those stop when the coordinator misses this process's heartbeats.
         sys.stdout.flush()
         sys.stderr.flush()
         from soundstorm_jax import distributed
